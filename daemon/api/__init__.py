@@ -1,0 +1,1 @@
+"""The REST API: thin handlers that validate, call `itsm`/`store`, and serialize."""

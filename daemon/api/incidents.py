@@ -1,0 +1,126 @@
+"""`/api/v1/incidents` and `/api/v1/alerts`: read incidents and alerts, acknowledge, resolve."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from daemon.api import params
+from daemon.api.responses import json_response
+from daemon.api.serialize import alert_json, incident_json
+from daemon.errors import NotFound
+from daemon.itsm.actions import Actions
+from daemon.models import OPEN_STATUSES, AlertStatus, IncidentStatus, incident_key
+from daemon.receivers.endpoint import read_body
+from daemon.receivers.validation import invalid_input
+from daemon.store import Store
+from daemon.store import alerts as alert_store
+from daemon.store import incidents as incident_store
+from daemon.store.incidents import alert_view
+
+_ACTION_BODY_LIMIT = 64 * 1024
+
+
+class ActionBody(BaseModel):
+    """Optional body of acknowledge/resolve: who did it, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(default="api", min_length=1, max_length=255)
+    note: str | None = Field(default=None, max_length=10_000)
+
+
+class IncidentRoutes:
+    def __init__(self, *, store: Store, actions: Actions) -> None:
+        self._store = store
+        self._actions = actions
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/incidents", self.list),
+            web.get("/api/v1/incidents/{id}", self.get),
+            web.post("/api/v1/incidents/{id}/acknowledge", self.acknowledge),
+            web.post("/api/v1/incidents/{id}/resolve", self.resolve),
+            web.get("/api/v1/alerts", self.list_alerts),
+        ]
+
+    async def list(self, request: web.Request) -> web.Response:
+        q = request.query
+        limit = params.limit(q.get("limit"))
+        async with self._store.read() as conn:
+            items = await incident_store.list_incidents(
+                conn, statuses=_statuses(q.get("status")), limit=limit,
+                before_id=params.cursor(q.get("cursor")),
+            )
+        next_cursor = str(items[-1].id) if len(items) == limit else None
+        return json_response({"items": [incident_json(i) for i in items],
+                              "next_cursor": next_cursor})
+
+    async def get(self, request: web.Request) -> web.Response:
+        return await self._detail(params.incident_id(request.match_info["id"]))
+
+    async def acknowledge(self, request: web.Request) -> web.Response:
+        incident_id = params.incident_id(request.match_info["id"])
+        body = await _action_body(request)
+        await self._actions.acknowledge(incident_id, actor=body.actor, note=body.note)
+        return await self._detail(incident_id)
+
+    async def resolve(self, request: web.Request) -> web.Response:
+        incident_id = params.incident_id(request.match_info["id"])
+        body = await _action_body(request)
+        await self._actions.resolve(incident_id, actor=body.actor, note=body.note)
+        return await self._detail(incident_id)
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        q = request.query
+        limit = params.limit(q.get("limit"))
+        status = q.get("status")
+        if status is not None and status not in {s.value for s in AlertStatus}:
+            raise params.bad("status", "must be firing or resolved")
+        async with self._store.read() as conn:
+            rows = await alert_store.list_alerts(
+                conn, status=AlertStatus(status) if status else None, limit=limit,
+                before_id=params.cursor(q.get("cursor")),
+            )
+            links = await alert_store.incident_ids_of(conn, [r.id for r in rows])
+        items = []
+        for r in rows:
+            item = alert_json(alert_view(r, role=""))
+            del item["role"]
+            item["group_key"] = r.group_key
+            item["incident_ids"] = list(links.get(r.id, ()))
+            items.append(item)
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
+        return json_response({"items": items, "next_cursor": next_cursor})
+
+    async def _detail(self, incident_id: int) -> web.Response:
+        async with self._store.read() as conn:
+            incident = await incident_store.get_incident(conn, incident_id)
+        if incident is None:
+            raise NotFound(f"no incident {incident_key(incident_id)}")
+        return json_response(incident_json(incident, detail=True))
+
+
+def _statuses(raw: str | None) -> list[IncidentStatus] | None:
+    """`status=triggered,acknowledged`; `open` means both."""
+    if not raw:
+        return None
+    out: list[IncidentStatus] = []
+    for part in raw.split(","):
+        if part == "open":
+            out.extend(OPEN_STATUSES)
+        elif part in IncidentStatus.__members__.values():
+            out.append(IncidentStatus(part))
+        else:
+            allowed = ", ".join([*(s.value for s in IncidentStatus), "open"])
+            raise params.bad("status", f"unknown status {part!r}; use {allowed}")
+    return out
+
+
+async def _action_body(request: web.Request) -> ActionBody:
+    raw = await read_body(request, _ACTION_BODY_LIMIT)
+    if not raw.strip():
+        return ActionBody()
+    try:
+        return ActionBody.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_input(exc, "request body") from None

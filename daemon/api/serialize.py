@@ -1,0 +1,53 @@
+"""Incident and alert JSON, as documented in the README (a user-facing contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from daemon.models import Incident, IncidentAlert, TimelineEntry
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def alert_json(a: IncidentAlert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "fingerprint": a.fingerprint,
+        "source": a.source,
+        "status": a.status.value,
+        "severity": a.severity.value,
+        "summary": a.summary,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "starts_at": _ts(a.starts_at),
+        "ends_at": _ts(a.ends_at),
+        "occurrences": a.occurrences,
+        "last_seen": _ts(a.last_seen),
+        "ci": a.ci,
+        "role": a.role,
+    }
+
+
+def timeline_json(e: TimelineEntry) -> dict[str, Any]:
+    return {"at": _ts(e.at), "actor": e.actor, "kind": e.kind.value, "detail": e.detail}
+
+
+def incident_json(i: Incident, *, detail: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": i.id,
+        "key": i.key,
+        "title": i.title,
+        "status": i.status.value,
+        "severity": i.severity.value,
+        "created_at": _ts(i.created_at),
+        "acknowledged_at": _ts(i.acknowledged_at),
+        "resolved_at": _ts(i.resolved_at),
+        "group_key": i.group_key,
+        "alerts": [alert_json(a) for a in i.alerts],
+    }
+    if detail:
+        out["timeline"] = [timeline_json(e) for e in i.timeline]
+    return out

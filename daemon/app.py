@@ -1,0 +1,171 @@
+"""The composition root: builds every component from config and runs them.
+
+No logic lives here; reading this file top to bottom shows the whole daemon:
+receivers → ingest writer (dedup → correlation → incidents) → store, the API
+beside it, and the start-up and shutdown order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from daemon import __version__, metrics
+from daemon.api.auth import api_token_middleware
+from daemon.api.health import HealthRoutes
+from daemon.api.incidents import IncidentRoutes
+from daemon.api.responses import errors_middleware
+from daemon.clock import Clock, SystemClock
+from daemon.config import Config, IntegrationConfig
+from daemon.ingest import IngestWriter
+from daemon.itsm.actions import Actions
+from daemon.models import Severity
+from daemon.receivers.alertmanager import AlertmanagerParser
+from daemon.receivers.auth import Credentials
+from daemon.receivers.endpoint import AlertSink, Endpoint
+from daemon.secrets import resolve, resolve_or_generate
+from daemon.store import Store, migrate
+from daemon.store import incidents as incident_store
+
+log = structlog.get_logger("incidentd")
+
+
+@dataclass(slots=True)
+class Components:
+    store: Store
+    writer: IngestWriter
+    health: HealthRoutes
+    app: web.Application
+
+
+def api_credentials(config: Config) -> Credentials:
+    resolved = resolve_or_generate(config.api.tokens)
+    if resolved.generated:
+        log.warning(
+            "no API token configured; generated one for this run (set INCIDENTD_API_TOKEN to "
+            "keep it stable)", generated_token=resolved.generated,
+        )
+    return Credentials(bearer=resolved.values)
+
+
+def integration_credentials(integration: IntegrationConfig) -> Credentials:
+    auth = integration.auth
+    basic = tuple(
+        (c.username, value) for c in auth.basic if (value := resolve(c.password)) is not None
+    )
+    if auth.bearer_tokens or not basic:
+        resolved = resolve_or_generate(auth.bearer_tokens)
+        if resolved.generated:
+            refs = ", ".join(r.describe() for r in auth.bearer_tokens) or "none"
+            log.warning(
+                "no bearer token for integration; generated one for this run (set it from: "
+                f"{refs})", integration=integration.name, generated_token=resolved.generated,
+            )
+        return Credentials(bearer=resolved.values, basic=basic)
+    return Credentials(basic=basic)
+
+
+def build_endpoints(config: Config, sink: AlertSink) -> dict[str, Endpoint]:
+    endpoints = {}
+    for integration in config.integrations:
+        parser = AlertmanagerParser(
+            integration=integration.name,
+            default_severity=Severity(integration.default_severity),
+        )
+        endpoints[integration.name] = Endpoint(
+            name=integration.name,
+            parser=parser,
+            credentials=integration_credentials(integration),
+            sink=sink,
+            max_body_bytes=config.server.max_body_bytes,
+        )
+    return endpoints
+
+
+def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
+              health: HealthRoutes) -> web.Application:
+    endpoints = build_endpoints(config, writer)
+    app = web.Application(
+        middlewares=[errors_middleware, api_token_middleware(api_credentials(config))],
+        # Bodies are limited per endpoint (with a 413 in JSON); this is only a backstop.
+        client_max_size=max(config.server.max_body_bytes, 1024 * 1024) * 2,
+    )
+    app.add_routes(health.routes())
+    app.add_routes(IncidentRoutes(store=store, actions=Actions(store=store, clock=clock)).routes())
+
+    async def ingest(request: web.Request) -> web.StreamResponse:
+        endpoint = endpoints.get(request.match_info["integration"])
+        if endpoint is None:
+            raise web.HTTPNotFound(reason="Unknown integration")
+        return await endpoint.handle(request)
+
+    app.add_routes([web.post("/api/v1/alerts/{integration}", ingest)])
+    return app
+
+
+async def start(config: Config, *, clock: Clock | None = None) -> Components:
+    """Open the store, migrate, rebuild caches, start the writer; return the wired app."""
+    clock = clock or SystemClock()
+    store = Store.open(config.database.url, sqlite_synchronous=config.database.sqlite_synchronous,
+                       pool_size=config.database.pool_size)
+    if config.database.auto_migrate:
+        await migrate.upgrade(store)
+    async with store.read() as conn:
+        metrics.set_open_incidents(await incident_store.count_open_by_severity(conn))
+    writer = IngestWriter(
+        store=store, clock=clock,
+        max_queued_alerts=config.ingest.max_queued_alerts,
+        max_batch_alerts=config.ingest.max_batch_alerts,
+        retry_after_seconds=config.ingest.retry_after_seconds,
+    )
+    writer.start()
+    health = HealthRoutes(store=store)
+    app = build_app(config, store=store, clock=clock, writer=writer, health=health)
+    return Components(store=store, writer=writer, health=health, app=app)
+
+
+async def stop(components: Components) -> None:
+    await components.writer.stop()
+    await components.store.close()
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; finish in-flight requests, commit queued alerts, exit 0."""
+    components = await start(config)
+    runner = web.AppRunner(
+        components.app, handle_signals=False, access_log=None,
+        shutdown_timeout=config.server.shutdown_timeout_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    try:
+        await site.start()
+    except OSError as err:
+        log.error("cannot listen", listen=config.server.listen, reason=err.strerror)
+        await runner.cleanup()
+        await stop(components)
+        return 1
+    log.info("listening", url=f"http://{config.server.listen}", version=__version__,
+             database=_safe_url(config.database.url))
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+
+    log.info("shutting down: finishing in-flight requests")
+    components.health.draining = True
+    await runner.cleanup()  # stops accepting, waits for in-flight handlers
+    await stop(components)
+    log.info("stopped")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,125 @@
+"""The `incidentd` command: run, check-config, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon import __version__
+from daemon import logging as daemon_logging
+from daemon.config import Config, ConfigError, Overrides, env_variables, load_config
+from daemon.secrets import resolve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="incidentd",
+        description="Monitoring alerts in, correlated and managed incidents out.",
+        epilog="Settings can also come from the environment: " + ", ".join(env_variables()),
+    )
+    parser.add_argument("--version", action="version", version=f"incidentd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=None,
+                       help="YAML configuration file (default: $INCIDENTD_CONFIG, else "
+                            "./incidentd.yaml)")
+        p.add_argument("--database-url", default=None,
+                       help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+
+    run = sub.add_parser("run", help="run the daemon")
+    with_config(run)
+    run.add_argument("--listen", default=None, metavar="HOST:PORT", help="address to listen on")
+
+    check = sub.add_parser("check-config", help="validate a configuration file; prints OK")
+    check.add_argument("file", type=Path, nargs="?", default=None)
+
+    mig = sub.add_parser("migrate", help="bring the database schema up to date")
+    with_config(mig)
+    return parser
+
+
+def _config_path(given: Path | None) -> Path | None:
+    if given is not None:
+        return given
+    if os.environ.get("INCIDENTD_CONFIG"):
+        return Path(os.environ["INCIDENTD_CONFIG"])
+    default = Path("incidentd.yaml")
+    return default if default.exists() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(
+        _config_path(args.config),
+        overrides=Overrides(listen=getattr(args, "listen", None), database_url=args.database_url),
+    )
+
+
+def _check_config(path: Path | None) -> int:
+    path = _config_path(path)
+    try:
+        config = load_config(path)
+        problems = _secret_file_problems(config, str(path or "<defaults>"))
+    except ConfigError as err:
+        problems = err.problems
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print("OK")
+    return 0
+
+
+def _secret_file_problems(config: Config, source: str) -> list[str]:
+    """Secrets read from files must be readable now, not at the first request."""
+    refs = [("api.tokens", r) for r in config.api.tokens]
+    for i, integ in enumerate(config.integrations):
+        refs += [(f"integrations.{i}.auth.bearer_tokens", r) for r in integ.auth.bearer_tokens]
+        refs += [(f"integrations.{i}.auth.basic", b.password) for b in integ.auth.basic]
+    problems = []
+    for where, ref in refs:
+        if ref.file is None:
+            continue
+        try:
+            resolve(ref)
+        except ConfigError as err:
+            problems.append(f"{source}: {where}: {err.problems[0]}")
+    return problems
+
+
+async def _migrate(config: Config) -> int:
+    from daemon.store import Store, migrate
+
+    store = Store.open(config.database.url)
+    try:
+        await migrate.upgrade(store)
+        print(f"database at revision {await migrate.current_revision(store)}")
+    finally:
+        await store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    try:
+        config = _load(args)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    daemon_logging.configure(level=config.logging.level, fmt=config.logging.format)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(config))
+    from daemon.app import serve
+
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The whole configuration as one pydantic model.
+
+Sources, later ones winning: built-in defaults, the YAML file, `INCIDENTD_*`
+environment variables (one per scalar setting, named after its key path:
+`database.url` → `INCIDENTD_DATABASE_URL`), then CLI flags. Unknown keys are
+errors, and every error names the file, the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "INCIDENTD_"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` lists each as `file: path: reason`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Strict):
+    """Where a secret comes from. Exactly one of `env`, `file`, `value`.
+
+    `env` and `file` keep secrets out of the config file; `value` exists for
+    tests and throwaway setups.
+    """
+
+    env: str | None = None
+    file: Path | None = None
+    value: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        given = [k for k in ("env", "file", "value") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of env, file or value")
+        return self
+
+    def describe(self) -> str:
+        if self.env:
+            return f"env {self.env}"
+        if self.file:
+            return f"file {self.file}"
+        return "inline value"
+
+
+class ServerConfig(_Strict):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite+aiosqlite:///./var/incidentd.db"
+    auto_migrate: bool = True
+    # NORMAL survives a process crash in WAL mode; FULL also survives power loss.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    pool_size: int = Field(default=10, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+
+class IngestConfig(_Strict):
+    # Bounded in alerts, not requests, so memory stays bounded under a flood.
+    max_queued_alerts: int = Field(default=20_000, gt=0)
+    max_batch_alerts: int = Field(default=2_000, gt=0)
+    retry_after_seconds: int = Field(default=5, gt=0)
+
+
+class ApiConfig(_Strict):
+    tokens: list[SecretRef] = Field(default_factory=lambda: [SecretRef(env="INCIDENTD_API_TOKEN")])
+
+
+class AuthConfig(_Strict):
+    """Credentials an integration accepts; any one that matches admits the request.
+
+    Several entries of one kind let a secret be rotated without downtime.
+    """
+
+    bearer_tokens: list[SecretRef] = Field(default_factory=list)
+    basic: list[BasicCredential] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> AuthConfig:
+        if not self.bearer_tokens and not self.basic:
+            raise ValueError("give at least one credential (bearer_tokens or basic)")
+        return self
+
+
+class BasicCredential(_Strict):
+    username: str
+    password: SecretRef
+
+
+class IntegrationConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    type: Literal["alertmanager"]
+    auth: AuthConfig
+    default_severity: Literal["critical", "error", "warning", "info"] = "warning"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    ingest: IngestConfig = IngestConfig()
+    api: ApiConfig = ApiConfig()
+    integrations: list[IntegrationConfig] = Field(default_factory=list)
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_integrations(self) -> Config:
+        names = [i.name for i in self.integrations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"integration names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def integration(self, name: str) -> IntegrationConfig | None:
+        return next((i for i in self.integrations if i.name == name), None)
+
+
+AuthConfig.model_rebuild()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Settings given on the command line; they win over file and environment."""
+
+    listen: str | None = None
+    database_url: str | None = None
+
+
+def load_config(
+    path: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Overrides = Overrides(),
+) -> Config:
+    """Read, merge and validate the configuration, or raise `ConfigError`."""
+    source = str(path) if path else "<defaults>"
+    data = _read_yaml(path) if path else {}
+    env = os.environ if environ is None else environ
+    for key_path, value in _env_overrides(env):
+        _set_path(data, key_path, value)
+    if overrides.listen:
+        _set_path(data, ("server", "listen"), overrides.listen)
+    if overrides.database_url:
+        _set_path(data, ("database", "url"), overrides.database_url)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{source}: {p}" for p in _describe(exc)]) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: {where}invalid YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return data
+
+
+def _describe(exc: ValidationError) -> Iterator[str]:
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif reason.startswith("Value error, "):
+            reason = reason.removeprefix("Value error, ")
+        yield f"{loc}: {reason}"
+
+
+def _scalar_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key path below `model` that holds a scalar (lists are left to the file)."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _scalar_paths(annotation, (*prefix, name))
+        elif getattr(annotation, "__origin__", None) is not list:
+            yield (*prefix, name)
+
+
+_ENV_PATHS = {
+    ENV_PREFIX + "_".join(p).upper(): p for p in _scalar_paths(Config)
+}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> Iterator[tuple[tuple[str, ...], str]]:
+    # Raw strings: pydantic's lax mode turns "5" and "true" into the field's type.
+    for var, key_path in _ENV_PATHS.items():
+        if var in environ:
+            yield key_path, environ[var]
+
+
+def _set_path(data: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in key_path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[key_path[-1]] = value
+
+
+def env_variables() -> list[str]:
+    """The environment variables that override settings, for `--help` and docs."""
+    return sorted(_ENV_PATHS)

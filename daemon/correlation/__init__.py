@@ -1,0 +1,1 @@
+"""Correlation: alert identity, dedup, and which incident an alert belongs to."""

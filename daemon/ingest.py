@@ -1,0 +1,187 @@
+"""The ingest flow: queued alerts → dedup → correlation → incidents, one commit per batch.
+
+Request handlers hand their parsed alerts to one `IngestWriter` and await a
+future. The writer drains whatever is queued (up to a batch limit), runs the
+whole pipeline for the batch in one transaction, commits once, and only then
+resolves every waiting future: many concurrent requests share one fsync, and
+a request is never answered before its alerts are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon import metrics
+from daemon.clock import Clock
+from daemon.correlation import dedup, engine
+from daemon.errors import Overloaded
+from daemon.itsm import incidents
+from daemon.itsm.incidents import Transition
+from daemon.models import Alert, incident_key
+from daemon.store import Store, StoreUnavailable
+
+log = structlog.get_logger("incidentd.ingest")
+
+
+@dataclass(slots=True)
+class BatchResult:
+    transitions: list[Transition] = field(default_factory=list)
+    received: Counter[tuple[str, str]] = field(default_factory=Counter)
+    repeated: Counter[str] = field(default_factory=Counter)
+
+
+async def process_batch(conn: AsyncConnection, batch: Sequence[Alert], clock: Clock) -> BatchResult:
+    """Run the pipeline for a batch inside the caller's transaction."""
+    now = clock.now()
+    result = BatchResult()
+    result.received.update((a.source, a.status.value) for a in batch)
+    for group in dedup.rounds(batch):
+        outcome = await dedup.apply(conn, group, now)
+        result.repeated.update(a.source for a in outcome.repeated)
+        plan = await engine.correlate(conn, outcome.new)
+        result.transitions += await incidents.open_incidents(conn, plan.opens, now)
+        await incidents.attach_alerts(conn, plan.joins, now)
+        result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
+    return result
+
+
+@dataclass(slots=True)
+class _Pending:
+    alerts: Sequence[Alert]
+    done: asyncio.Future[None]
+
+
+class IngestWriter:
+    """The single writer of the hot path; bounded, batched, drained on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        max_queued_alerts: int,
+        max_batch_alerts: int,
+        retry_after_seconds: int,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._max_queued = max_queued_alerts
+        self._max_batch = max_batch_alerts
+        self._retry_after = retry_after_seconds
+        self._queue: deque[_Pending] = deque()
+        self._queued_alerts = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def retry_after(self) -> int:
+        return self._retry_after
+
+    async def submit(self, alerts: Sequence[Alert], *, overload_status: int = 503) -> None:
+        """Return once `alerts` are committed; raise `Overloaded` or `StoreUnavailable`."""
+        if not alerts:
+            return
+        if self._closing:
+            raise Overloaded("shutting down", retry_after=self._retry_after, status=overload_status)
+        if self._queued_alerts and self._queued_alerts + len(alerts) > self._max_queued:
+            raise Overloaded(
+                f"ingest queue full ({self._queued_alerts} alerts waiting)",
+                retry_after=self._retry_after, status=overload_status,
+            )
+        pending = _Pending(alerts, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._queued_alerts += len(alerts)
+        metrics.INGEST_QUEUED.set(self._queued_alerts)
+        self._wakeup.set()
+        try:
+            # Shielded: a client that hangs up must not cancel a commit others share.
+            await asyncio.shield(pending.done)
+        except StoreUnavailable as err:
+            raise Overloaded(
+                f"database unavailable: {err}", retry_after=self._retry_after,
+                status=overload_status, reason="store_unavailable",
+            ) from None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-writer")
+
+    async def stop(self) -> None:
+        """Take nothing new, commit everything already queued, then return."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def run_until_idle(self) -> None:
+        """Burst mode: commit what is queued now and return (for tests and replay)."""
+        while self._queue:
+            await self._commit_next_batch()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self.run_until_idle()
+            if self._closing and not self._queue:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        taken: list[_Pending] = []
+        size = 0
+        while self._queue and (not taken or size + len(self._queue[0].alerts) <= self._max_batch):
+            pending = self._queue.popleft()
+            taken.append(pending)
+            size += len(pending.alerts)
+        self._queued_alerts -= size
+        metrics.INGEST_QUEUED.set(self._queued_alerts)
+        return taken
+
+    async def _commit_next_batch(self) -> None:
+        taken = self._take_batch()
+        batch = [a for p in taken for a in p.alerts]
+        started = time.perf_counter()
+        try:
+            async with self._store.write() as conn:
+                result = await process_batch(conn, batch, self._clock)
+        except StoreUnavailable as err:
+            log.warning("store unavailable; alerts refused", reason=str(err), alerts=len(batch))
+            _fail(taken, err)
+            return
+        except Exception as err:  # a bug: answer 500 for this batch, keep the writer alive
+            log.exception("ingest batch failed", alerts=len(batch))
+            _fail(taken, err)
+            return
+        metrics.INGEST_DURATION.observe(time.perf_counter() - started)
+        metrics.INGEST_BATCH_ALERTS.observe(len(batch))
+        _record(result)
+        for pending in taken:
+            if not pending.done.done():
+                pending.done.set_result(None)
+
+
+def _fail(taken: Sequence[_Pending], err: BaseException) -> None:
+    for pending in taken:
+        if not pending.done.done():
+            pending.done.set_exception(err)
+
+
+def _record(result: BatchResult) -> None:
+    for (source, status), n in result.received.items():
+        metrics.ALERTS_RECEIVED.labels(source, status).inc(n)
+    for source, n in result.repeated.items():
+        metrics.ALERTS_DEDUPLICATED.labels(source).inc(n)
+    metrics.record_transitions(result.transitions)
+    for t in result.transitions:
+        log.info(
+            "incident opened" if t.previous is None else f"incident {t.incident.status.value}",
+            incident_id=t.incident.id, incident=incident_key(t.incident.id),
+            severity=t.incident.severity.value, how=t.how.value,
+        )

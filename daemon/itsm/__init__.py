@@ -1,0 +1,1 @@
+"""ITSM records and their rules: incident lifecycle and timeline (more to come)."""

@@ -1,0 +1,178 @@
+"""The incident lifecycle: opening, attaching alerts, acknowledging, resolving.
+
+Every state change is checked here, written with its timeline entry in the
+caller's transaction, and returned as a `Transition` so the caller can
+update metrics (and, later, notify) once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.correlation.engine import Placed
+from daemon.errors import InvalidTransition, NotFound
+from daemon.models import (
+    SYSTEM_ACTOR,
+    IncidentStatus,
+    TimelineEntry,
+    TimelineKind,
+    incident_key,
+)
+from daemon.store import alerts as alert_store
+from daemon.store import incidents as store
+from daemon.store.alerts import ResolvedAlert
+from daemon.store.incidents import IncidentState, NewIncident
+
+
+class How(enum.StrEnum):
+    """Who caused a transition: a person, or the alerts themselves."""
+
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    incident: IncidentState
+    previous: IncidentStatus | None  # None: the incident was just opened
+    how: How
+
+
+async def open_incidents(
+    conn: AsyncConnection, groups: Mapping[str, Sequence[Placed]], now: datetime
+) -> list[Transition]:
+    """Open one incident per group; the first alert is its trigger."""
+    if not groups:
+        return []
+    specs = []
+    for group_key, members in groups.items():
+        lead = min(members, key=lambda m: m[0].severity.rank)[0]
+        specs.append(NewIncident(title=lead.summary, severity=lead.severity, group_key=group_key))
+    ids = await store.insert_incidents(conn, specs, now)
+    links: list[tuple[int, int, str]] = []
+    entries: list[tuple[int, TimelineEntry]] = []
+    for incident_id, members in zip(ids, groups.values(), strict=True):
+        links.extend(
+            (incident_id, alert_id, "trigger" if i == 0 else "member")
+            for i, (_, alert_id) in enumerate(members)
+        )
+        entries.append((incident_id, TimelineEntry(
+            at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.OPENED,
+            detail={"source": members[0][0].source, "group_key": members[0][0].group_key,
+                    "alerts": [a.fingerprint for a, _ in members]},
+        )))
+    await store.link_alerts(conn, links, now)
+    await store.add_timeline(conn, entries)
+    return [
+        Transition(
+            IncidentState(id=i, status=IncidentStatus.TRIGGERED, severity=s.severity,
+                          created_at=now, acknowledged_at=None, resolved_at=None),
+            None,
+            How.AUTOMATIC,
+        )
+        for i, s in zip(ids, specs, strict=True)
+    ]
+
+
+async def attach_alerts(
+    conn: AsyncConnection, joins: Mapping[int, Sequence[Placed]], now: datetime
+) -> None:
+    links = [(inc, alert_id, "member") for inc, members in joins.items() for _, alert_id in members]
+    entries = [
+        (inc, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ALERT_ATTACHED,
+                            detail={"fingerprint": a.fingerprint, "summary": a.summary}))
+        for inc, members in joins.items()
+        for a, _ in members
+    ]
+    await store.link_alerts(conn, links, now)
+    await store.add_timeline(conn, entries)
+
+
+async def resolve_cleared(
+    conn: AsyncConnection, resolved: Sequence[ResolvedAlert], now: datetime
+) -> list[Transition]:
+    """Record resolved alerts; resolve the open incidents that have no firing alert left."""
+    entries = [
+        (inc, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ALERT_RESOLVED,
+                            detail={"fingerprint": r.fingerprint}))
+        for r in resolved
+        for inc in r.incident_ids
+    ]
+    await store.add_timeline(conn, entries)
+    cleared = await store.open_without_firing_alerts(conn, (i for i, _ in entries))
+    moved = await store.transition(
+        conn, cleared, allowed_from=(IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED),
+        to=IncidentStatus.RESOLVED, values={"resolved_at": now},
+    )
+    await store.add_timeline(conn, [
+        (m.id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.RESOLVED,
+                             detail={"reason": "all alerts resolved"}))
+        for m in moved
+    ])
+    return [Transition(m, _was(m), How.AUTOMATIC) for m in moved]
+
+
+def _was(state: IncidentState) -> IncidentStatus:
+    """The open status an incident left: only acknowledged ones have `acknowledged_at`."""
+    return IncidentStatus.ACKNOWLEDGED if state.acknowledged_at else IncidentStatus.TRIGGERED
+
+
+async def acknowledge(
+    conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None, now: datetime
+) -> Transition:
+    return await _manual(
+        conn, incident_id, actor=actor, note=note, now=now,
+        allowed_from=(IncidentStatus.TRIGGERED,), to=IncidentStatus.ACKNOWLEDGED,
+        values={"acknowledged_at": now}, kind=TimelineKind.ACKNOWLEDGED,
+    )
+
+
+async def resolve(
+    conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None, now: datetime
+) -> Transition:
+    """Resolve by hand. Its firing alerts resolve with it, so a later repeat of one
+    opens a new incident instead of being taken as a duplicate (as PagerDuty does)."""
+    transition = await _manual(
+        conn, incident_id, actor=actor, note=note, now=now,
+        allowed_from=(IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED),
+        to=IncidentStatus.RESOLVED, values={"resolved_at": now}, kind=TimelineKind.RESOLVED,
+    )
+    await alert_store.resolve_of_incident(conn, incident_id, now)
+    return transition
+
+
+async def _manual(
+    conn: AsyncConnection,
+    incident_id: int,
+    *,
+    actor: str,
+    note: str | None,
+    now: datetime,
+    allowed_from: tuple[IncidentStatus, ...],
+    to: IncidentStatus,
+    values: dict[str, datetime],
+    kind: TimelineKind,
+) -> Transition:
+    before = await store.get_state(conn, incident_id)
+    if before is None:
+        raise NotFound(f"no incident {incident_key(incident_id)}")
+    if before.status not in allowed_from:
+        raise InvalidTransition(
+            f"{incident_key(incident_id)} is {before.status.value}; it can be {to.value} only "
+            f"from {' or '.join(s.value for s in allowed_from)}"
+        )
+    moved = await store.transition(
+        conn, [incident_id], allowed_from=allowed_from, to=to, values=values
+    )
+    if not moved:  # changed between our read and our write (another replica)
+        raise InvalidTransition(f"{incident_key(incident_id)} changed meanwhile; try again")
+    detail = {"note": note} if note else {}
+    await store.add_timeline(
+        conn, [(incident_id, TimelineEntry(at=now, actor=actor, kind=kind, detail=detail))]
+    )
+    return Transition(moved[0], before.status, How.MANUAL)

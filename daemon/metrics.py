@@ -1,0 +1,128 @@
+"""Every Prometheus metric the daemon exports, defined once, in one registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+from daemon import __version__
+from daemon.itsm.incidents import Transition
+from daemon.models import IncidentStatus, Severity
+
+# `_created` series double the exposition and no dashboard of ours reads them.
+disable_created_metrics()
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# 30 s .. 24 h: enough resolution that p50/p90 of human response times mean something.
+HUMAN_BUCKETS = (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+
+BUILD_INFO = Info("incidentd_build", "Version of the running incidentd.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
+
+ALERTS_RECEIVED = Counter(
+    "incidentd_alerts_received_total",
+    "Alerts received and committed, by source format and reported status.",
+    ["source", "status"],
+    registry=REGISTRY,
+)
+ALERTS_DEDUPLICATED = Counter(
+    "incidentd_alerts_deduplicated_total",
+    "Firing alerts that repeated an alert already firing (no new incident).",
+    ["source"],
+    registry=REGISTRY,
+)
+ALERTS_REJECTED = Counter(
+    "incidentd_alerts_rejected_total",
+    "Alert requests refused, by source and reason (invalid, unauthorized, too_large, overloaded,"
+    " store_unavailable).",
+    ["source", "reason"],
+    registry=REGISTRY,
+)
+INCIDENTS_OPENED = Counter(
+    "incidentd_incidents_opened_total",
+    "Incidents opened, by severity.",
+    ["severity"],
+    registry=REGISTRY,
+)
+INCIDENTS_RESOLVED = Counter(
+    "incidentd_incidents_resolved_total",
+    "Incidents resolved, by severity and how (manual or automatic).",
+    ["severity", "how"],
+    registry=REGISTRY,
+)
+INCIDENTS_OPEN = Gauge(
+    "incidentd_incidents_open",
+    "Incidents currently open (triggered or acknowledged), by severity.",
+    ["severity"],
+    registry=REGISTRY,
+)
+TIME_TO_ACKNOWLEDGE = Histogram(
+    "incidentd_incident_time_to_acknowledge_seconds",
+    "Time from an incident opening to its first acknowledgement (MTTA).",
+    ["severity"],
+    buckets=HUMAN_BUCKETS,
+    registry=REGISTRY,
+)
+TIME_TO_RESOLVE = Histogram(
+    "incidentd_incident_time_to_resolve_seconds",
+    "Time from an incident opening to its resolution (MTTR).",
+    ["severity"],
+    buckets=HUMAN_BUCKETS,
+    registry=REGISTRY,
+)
+INGEST_DURATION = Histogram(
+    "incidentd_ingest_duration_seconds",
+    "Time to dedup, correlate and commit one ingest batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+INGEST_BATCH_ALERTS = Histogram(
+    "incidentd_ingest_batch_alerts",
+    "Alerts committed per ingest batch (group commit size).",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+    registry=REGISTRY,
+)
+INGEST_QUEUED = Gauge(
+    "incidentd_ingest_queued_alerts",
+    "Alerts waiting for the ingest writer.",
+    registry=REGISTRY,
+)
+
+for _sev in Severity:
+    INCIDENTS_OPEN.labels(_sev.value)
+    INCIDENTS_OPENED.labels(_sev.value)
+
+
+def set_open_incidents(counts: Mapping[Severity, int]) -> None:
+    """Rebuild the open-incident gauge from the store, at start."""
+    for sev in Severity:
+        INCIDENTS_OPEN.labels(sev.value).set(counts.get(sev, 0))
+
+
+def record_transitions(transitions: Iterable[Transition]) -> None:
+    """Count committed incident transitions. Call only after the commit."""
+    for t in transitions:
+        inc = t.incident
+        sev = inc.severity.value
+        if t.previous is None:
+            INCIDENTS_OPENED.labels(sev).inc()
+            INCIDENTS_OPEN.labels(sev).inc()
+        elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at:
+            TIME_TO_ACKNOWLEDGE.labels(sev).observe(_seconds(inc.created_at, inc.acknowledged_at))
+        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at:
+            INCIDENTS_OPEN.labels(sev).dec()
+            INCIDENTS_RESOLVED.labels(sev, t.how.value).inc()
+            TIME_TO_RESOLVE.labels(sev).observe(_seconds(inc.created_at, inc.resolved_at))
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return max(0.0, (end - start).total_seconds())

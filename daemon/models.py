@@ -1,0 +1,177 @@
+"""Domain values that cross stage boundaries.
+
+Plain, typed, immutable, no I/O: receivers produce `Alert`s, the ingest flow
+hands them to dedup and correlation, the ITSM layer turns them into
+`Incident`s. Tables are the store's business, not these classes'.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class AlertStatus(enum.StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Severity(enum.StrEnum):
+    """PagerDuty Events v2 severities, highest first."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    @classmethod
+    def parse(cls, value: str | None, default: Severity) -> Severity:
+        """Map the many spellings monitoring tools use onto the four levels."""
+        if not value:
+            return default
+        return _SEVERITY_ALIASES.get(value.strip().lower(), default)
+
+
+_SEVERITY_RANK = {
+    Severity.CRITICAL: 0,
+    Severity.ERROR: 1,
+    Severity.WARNING: 2,
+    Severity.INFO: 3,
+}
+
+_SEVERITY_ALIASES: dict[str, Severity] = {
+    "critical": Severity.CRITICAL,
+    "crit": Severity.CRITICAL,
+    "page": Severity.CRITICAL,
+    "fatal": Severity.CRITICAL,
+    "emergency": Severity.CRITICAL,
+    "disaster": Severity.CRITICAL,
+    "p1": Severity.CRITICAL,
+    "error": Severity.ERROR,
+    "err": Severity.ERROR,
+    "high": Severity.ERROR,
+    "major": Severity.ERROR,
+    "p2": Severity.ERROR,
+    "warning": Severity.WARNING,
+    "warn": Severity.WARNING,
+    "average": Severity.WARNING,
+    "medium": Severity.WARNING,
+    "minor": Severity.WARNING,
+    "p3": Severity.WARNING,
+    "info": Severity.INFO,
+    "informational": Severity.INFO,
+    "low": Severity.INFO,
+    "none": Severity.INFO,
+    "ok": Severity.INFO,
+    "p4": Severity.INFO,
+    "p5": Severity.INFO,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One alert as a source reported it, normalised.
+
+    `fingerprint` is the source's own identity where it has one (Alertmanager
+    `fingerprint`, PagerDuty `dedup_key`), else a stable hash of the labels.
+    `group_key` is the source's grouping (Alertmanager `groupKey`); alerts of
+    one group open one incident until topology correlation takes over.
+    """
+
+    source: str
+    integration: str
+    fingerprint: str
+    status: AlertStatus
+    severity: Severity
+    summary: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None
+    generator_url: str | None
+    group_key: str
+    ci_id: str | None = None
+
+
+class IncidentStatus(enum.StrEnum):
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+    @property
+    def is_open(self) -> bool:
+        return self is not IncidentStatus.RESOLVED
+
+
+OPEN_STATUSES: tuple[IncidentStatus, ...] = (
+    IncidentStatus.TRIGGERED,
+    IncidentStatus.ACKNOWLEDGED,
+)
+
+
+class TimelineKind(enum.StrEnum):
+    OPENED = "opened"
+    ALERT_ATTACHED = "alert_attached"
+    ALERT_RESOLVED = "alert_resolved"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+SYSTEM_ACTOR = "incidentd"
+
+
+def incident_key(incident_id: int) -> str:
+    """The short, human key of an incident: `INC-000123`."""
+    return f"INC-{incident_id:06d}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimelineEntry:
+    at: datetime
+    actor: str
+    kind: TimelineKind
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentAlert:
+    """An alert as seen from the incident it belongs to."""
+
+    id: int
+    fingerprint: str
+    source: str
+    status: AlertStatus
+    severity: Severity
+    summary: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None
+    occurrences: int
+    last_seen: datetime
+    ci: str | None
+    role: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Incident:
+    id: int
+    title: str
+    status: IncidentStatus
+    severity: Severity
+    group_key: str
+    created_at: datetime
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+    alerts: tuple[IncidentAlert, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return incident_key(self.id)

@@ -1,0 +1,17 @@
+"""Receivers: one parser per source format, turning a request body into `Alert`s.
+
+Parsing and authentication only; no store, no correlation. A parser is one
+method, `parse(body) -> list[Alert]`, so a new source never touches the pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from daemon.models import Alert
+
+
+class Parser(Protocol):
+    source: str
+
+    def parse(self, body: bytes) -> list[Alert]: ...

@@ -1,0 +1,1 @@
+"""Automated runbooks (catalog, executor, guards): not built yet."""

@@ -1,0 +1,157 @@
+"""Repository functions for alerts. Set-based: one statement per batch, never per alert."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.models import Alert, AlertStatus
+from daemon.store.tables import UTCDateTime, alerts, incident_alerts
+
+FIRING = sa.text("status = 'firing'")
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertedAlert:
+    id: int
+    source: str
+    fingerprint: str
+    occurrences: int
+
+    @property
+    def is_new(self) -> bool:
+        return self.occurrences == 1
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAlert:
+    id: int
+    source: str
+    fingerprint: str
+    incident_ids: tuple[int, ...]
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert(alerts) if conn.dialect.name == "postgresql" else sqlite.insert(alerts)
+
+
+async def upsert_firing(
+    conn: AsyncConnection, batch: Sequence[Alert], now: datetime
+) -> list[UpsertedAlert]:
+    """Insert firing alerts; an identity that is already firing is updated instead.
+
+    The caller guarantees each (source, fingerprint) appears once in `batch`:
+    PostgreSQL refuses to update one row twice in a statement.
+    """
+    if not batch:
+        return []
+    stmt = _insert(conn)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[alerts.c.source, alerts.c.fingerprint],
+        index_where=FIRING,
+        set_={
+            "occurrences": alerts.c.occurrences + 1,
+            "last_seen": stmt.excluded.last_seen,
+            "summary": stmt.excluded.summary,
+            "annotations": stmt.excluded.annotations,
+            "ends_at": stmt.excluded.ends_at,
+            "generator_url": stmt.excluded.generator_url,
+        },
+    ).returning(alerts.c.id, alerts.c.source, alerts.c.fingerprint, alerts.c.occurrences)
+    rows = [_row(a, now) for a in batch]
+    result = await conn.execute(stmt, rows)
+    return [UpsertedAlert(r.id, r.source, r.fingerprint, r.occurrences) for r in result]
+
+
+def _row(alert: Alert, now: datetime) -> dict[str, Any]:
+    return {
+        "source": alert.source,
+        "integration": alert.integration,
+        "fingerprint": alert.fingerprint,
+        "status": AlertStatus.FIRING.value,
+        "severity": alert.severity.value,
+        "summary": alert.summary,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "starts_at": alert.starts_at,
+        "ends_at": alert.ends_at,
+        "generator_url": alert.generator_url,
+        "group_key": alert.group_key,
+        "ci_id": alert.ci_id,
+        "occurrences": 1,
+        "first_seen": now,
+        "last_seen": now,
+    }
+
+
+async def resolve_firing(
+    conn: AsyncConnection, batch: Sequence[Alert], now: datetime
+) -> list[ResolvedAlert]:
+    """Resolve the firing alerts named in `batch`; names with nothing firing are skipped."""
+    if not batch:
+        return []
+    ends = {(a.source, a.fingerprint): a.ends_at or now for a in batch}
+    found = await conn.execute(
+        sa.select(alerts.c.id, alerts.c.source, alerts.c.fingerprint).where(
+            alerts.c.status == AlertStatus.FIRING.value,
+            sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(list(ends)),
+        )
+    )
+    targets = [(r.id, r.source, r.fingerprint) for r in found]
+    if not targets:
+        return []
+    await conn.execute(
+        sa.update(alerts)
+        .where(alerts.c.id == sa.bindparam("alert_id"))
+        .values(status=AlertStatus.RESOLVED.value, resolved_at=now, last_seen=now,
+                ends_at=sa.bindparam("ends", type_=UTCDateTime())),
+        [{"alert_id": i, "ends": ends[(s, f)]} for i, s, f in targets],
+    )
+    links = await incident_ids_of(conn, [t[0] for t in targets])
+    return [ResolvedAlert(i, s, f, links.get(i, ())) for i, s, f in targets]
+
+
+async def resolve_of_incident(conn: AsyncConnection, incident_id: int, now: datetime) -> int:
+    """Resolve every firing alert of an incident resolved by hand; returns how many."""
+    member = sa.select(incident_alerts.c.alert_id).where(
+        incident_alerts.c.incident_id == incident_id
+    )
+    result = await conn.execute(
+        sa.update(alerts)
+        .where(alerts.c.id.in_(member), alerts.c.status == AlertStatus.FIRING.value)
+        .values(status=AlertStatus.RESOLVED.value, resolved_at=now, last_seen=now,
+                ends_at=sa.func.coalesce(alerts.c.ends_at, now))
+    )
+    return result.rowcount or 0
+
+
+async def incident_ids_of(
+    conn: AsyncConnection, alert_ids: Sequence[int]
+) -> dict[int, tuple[int, ...]]:
+    result = await conn.execute(
+        sa.select(incident_alerts.c.alert_id, incident_alerts.c.incident_id).where(
+            incident_alerts.c.alert_id.in_(alert_ids)
+        )
+    )
+    out: dict[int, list[int]] = {}
+    for r in result:
+        out.setdefault(r.alert_id, []).append(r.incident_id)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+async def list_alerts(
+    conn: AsyncConnection, *, status: AlertStatus | None, limit: int, before_id: int | None
+) -> list[sa.Row[Any]]:
+    """Newest first, keyset-paginated on id."""
+    query = sa.select(alerts).order_by(alerts.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(alerts.c.status == status.value)
+    if before_id is not None:
+        query = query.where(alerts.c.id < before_id)
+    return list(await conn.execute(query))

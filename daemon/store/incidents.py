@@ -1,0 +1,266 @@
+"""Repository functions for incidents, their alert links and their timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.models import (
+    OPEN_STATUSES,
+    AlertStatus,
+    Incident,
+    IncidentAlert,
+    IncidentStatus,
+    Severity,
+    TimelineEntry,
+    TimelineKind,
+)
+from daemon.store.tables import alerts, incident_alerts, incidents, timeline
+
+_OPEN = [s.value for s in OPEN_STATUSES]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewIncident:
+    title: str
+    severity: Severity
+    group_key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentState:
+    """The fields of an incident that transitions and metrics need."""
+
+    id: int
+    status: IncidentStatus
+    severity: Severity
+    created_at: datetime
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+
+
+_STATE_COLUMNS = (
+    incidents.c.id,
+    incidents.c.status,
+    incidents.c.severity,
+    incidents.c.created_at,
+    incidents.c.acknowledged_at,
+    incidents.c.resolved_at,
+)
+
+
+def _state(row: Any) -> IncidentState:
+    return IncidentState(
+        id=row.id,
+        status=IncidentStatus(row.status),
+        severity=Severity(row.severity),
+        created_at=row.created_at,
+        acknowledged_at=row.acknowledged_at,
+        resolved_at=row.resolved_at,
+    )
+
+
+async def open_by_group_key(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, int]:
+    """The newest open incident of each group key that has one."""
+    keys = list(set(keys))
+    if not keys:
+        return {}
+    result = await conn.execute(
+        sa.select(incidents.c.id, incidents.c.group_key)
+        .where(incidents.c.group_key.in_(keys), incidents.c.status.in_(_OPEN))
+        .order_by(incidents.c.id)
+    )
+    return {r.group_key: r.id for r in result}
+
+
+async def insert_incidents(
+    conn: AsyncConnection, new: Sequence[NewIncident], now: datetime
+) -> list[int]:
+    """Insert incidents; returns their ids in the order given."""
+    if not new:
+        return []
+    stmt = sa.insert(incidents).returning(incidents.c.id, sort_by_parameter_order=True)
+    rows = [
+        {
+            "title": n.title,
+            "status": IncidentStatus.TRIGGERED.value,
+            "severity": n.severity.value,
+            "group_key": n.group_key,
+            "created_at": now,
+        }
+        for n in new
+    ]
+    return [r.id for r in await conn.execute(stmt, rows)]
+
+
+async def link_alerts(
+    conn: AsyncConnection, links: Sequence[tuple[int, int, str]], now: datetime
+) -> None:
+    """Link (incident_id, alert_id, role) triples."""
+    if links:
+        await conn.execute(
+            sa.insert(incident_alerts),
+            [{"incident_id": i, "alert_id": a, "role": r, "added_at": now} for i, a, r in links],
+        )
+
+
+async def add_timeline(
+    conn: AsyncConnection, entries: Sequence[tuple[int, TimelineEntry]]
+) -> None:
+    if entries:
+        await conn.execute(
+            sa.insert(timeline),
+            [
+                {"incident_id": i, "at": e.at, "actor": e.actor, "kind": e.kind.value,
+                 "detail": e.detail}
+                for i, e in entries
+            ],
+        )
+
+
+async def open_without_firing_alerts(
+    conn: AsyncConnection, incident_ids: Iterable[int]
+) -> list[int]:
+    """Of these incidents, the open ones none of whose alerts is still firing."""
+    ids = list(set(incident_ids))
+    if not ids:
+        return []
+    firing = (
+        sa.select(incident_alerts.c.incident_id)
+        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+        .where(alerts.c.status == AlertStatus.FIRING.value, incident_alerts.c.incident_id.in_(ids))
+    )
+    result = await conn.execute(
+        sa.select(incidents.c.id).where(
+            incidents.c.id.in_(ids), incidents.c.status.in_(_OPEN), incidents.c.id.not_in(firing)
+        )
+    )
+    return [r.id for r in result]
+
+
+async def transition(
+    conn: AsyncConnection,
+    incident_ids: Sequence[int],
+    *,
+    allowed_from: Sequence[IncidentStatus],
+    to: IncidentStatus,
+    values: dict[str, Any],
+) -> list[IncidentState]:
+    """Move incidents to `to` where their status is in `allowed_from`; returns those moved."""
+    if not incident_ids:
+        return []
+    result = await conn.execute(
+        sa.update(incidents)
+        .where(incidents.c.id.in_(incident_ids),
+               incidents.c.status.in_([s.value for s in allowed_from]))
+        .values(status=to.value, **values)
+        .returning(*_STATE_COLUMNS)
+    )
+    return [_state(r) for r in result]
+
+
+async def get_state(conn: AsyncConnection, incident_id: int) -> IncidentState | None:
+    row = (
+        await conn.execute(sa.select(*_STATE_COLUMNS).where(incidents.c.id == incident_id))
+    ).first()
+    return _state(row) if row else None
+
+
+async def count_open_by_severity(conn: AsyncConnection) -> dict[Severity, int]:
+    result = await conn.execute(
+        sa.select(incidents.c.severity, sa.func.count())
+        .where(incidents.c.status.in_(_OPEN))
+        .group_by(incidents.c.severity)
+    )
+    return {Severity(sev): n for sev, n in result.tuples()}
+
+
+async def list_incidents(
+    conn: AsyncConnection,
+    *,
+    statuses: Sequence[IncidentStatus] | None,
+    limit: int,
+    before_id: int | None,
+) -> list[Incident]:
+    """Newest first, keyset-paginated on id, each with its alerts (no timeline)."""
+    query = sa.select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+    if statuses:
+        query = query.where(incidents.c.status.in_([s.value for s in statuses]))
+    if before_id is not None:
+        query = query.where(incidents.c.id < before_id)
+    rows = list(await conn.execute(query))
+    members = await _alerts_of(conn, [r.id for r in rows])
+    return [_incident(r, members.get(r.id, ()), ()) for r in rows]
+
+
+async def get_incident(conn: AsyncConnection, incident_id: int) -> Incident | None:
+    row = (await conn.execute(sa.select(incidents).where(incidents.c.id == incident_id))).first()
+    if row is None:
+        return None
+    members = await _alerts_of(conn, [incident_id])
+    entries = await conn.execute(
+        sa.select(timeline).where(timeline.c.incident_id == incident_id).order_by(timeline.c.id)
+    )
+    history = tuple(
+        TimelineEntry(at=e.at, actor=e.actor, kind=TimelineKind(e.kind), detail=e.detail)
+        for e in entries
+    )
+    return _incident(row, members.get(incident_id, ()), history)
+
+
+async def _alerts_of(
+    conn: AsyncConnection, incident_ids: Sequence[int]
+) -> dict[int, tuple[IncidentAlert, ...]]:
+    if not incident_ids:
+        return {}
+    result = await conn.execute(
+        sa.select(alerts, incident_alerts.c.incident_id, incident_alerts.c.role)
+        .join(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
+        .where(incident_alerts.c.incident_id.in_(incident_ids))
+        .order_by(alerts.c.id)
+    )
+    out: dict[int, list[IncidentAlert]] = {}
+    for r in result:
+        out.setdefault(r.incident_id, []).append(alert_view(r, role=r.role))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def alert_view(r: Any, *, role: str) -> IncidentAlert:
+    return IncidentAlert(
+        id=r.id,
+        fingerprint=r.fingerprint,
+        source=r.source,
+        status=AlertStatus(r.status),
+        severity=Severity(r.severity),
+        summary=r.summary,
+        labels=r.labels,
+        annotations=r.annotations,
+        starts_at=r.starts_at,
+        ends_at=r.ends_at,
+        occurrences=r.occurrences,
+        last_seen=r.last_seen,
+        ci=r.ci_id,
+        role=role,
+    )
+
+
+def _incident(
+    row: Any, members: tuple[IncidentAlert, ...], history: tuple[TimelineEntry, ...]
+) -> Incident:
+    return Incident(
+        id=row.id,
+        title=row.title,
+        status=IncidentStatus(row.status),
+        severity=Severity(row.severity),
+        group_key=row.group_key,
+        created_at=row.created_at,
+        acknowledged_at=row.acknowledged_at,
+        resolved_at=row.resolved_at,
+        alerts=members,
+        timeline=history,
+    )
