@@ -227,7 +227,9 @@ def _describe(exc: ValidationError) -> Iterator[str]:
         yield f"{loc}: {reason}"
 
 
-def _scalar_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def _scalar_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
     """Every key path below `model` that holds a scalar (lists are left to the file)."""
     for name, field in model.model_fields.items():
         annotation = field.annotation

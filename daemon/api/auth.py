@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from daemon.api.responses import Handler
 from daemon.receivers.auth import Credentials
@@ -11,7 +12,7 @@ _INGEST_PREFIX = "/api/v1/alerts/"
 _PROTECTED_PREFIX = "/api/v1/"
 
 
-def api_token_middleware(credentials: Credentials) -> Handler:
+def api_token_middleware(credentials: Credentials) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
@@ -19,4 +20,4 @@ def api_token_middleware(credentials: Credentials) -> Handler:
             credentials.check(request.headers.get("Authorization"))
         return await handler(request)
 
-    return guard  # type: ignore[return-value]
+    return guard

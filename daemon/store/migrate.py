@@ -31,7 +31,8 @@ async def upgrade(store: Store) -> None:
     """Bring the schema to head. On PostgreSQL replicas take turns through an advisory lock."""
     async with store.write() as conn:
         if store.dialect == "postgresql":
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
+            await conn.execute(lock, {"k": _PG_MIGRATION_LOCK})
         await conn.run_sync(_upgrade_sync)
 
 
