@@ -177,7 +177,7 @@ async def count_open_by_severity(conn: AsyncConnection) -> dict[Severity, int]:
         .where(incidents.c.status.in_(_OPEN))
         .group_by(incidents.c.severity)
     )
-    return {Severity(sev): n for sev, n in result.tuples()}
+    return {Severity(sev): n for sev, n in result}
 
 
 async def list_incidents(

@@ -14,7 +14,6 @@ import asyncio
 import copy
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -682,46 +681,3 @@ async def poll(
                 pytrace=False,
             )
         await asyncio.sleep(interval)
-
-
-# --------------------------------------------------------------------------
-# raw HTTP, for requests that must stay in flight
-
-
-class SlowPost:
-    """An HTTP/1.1 POST whose body goes out in two parts.
-
-    After `begin()` the server has the headers and part of the body, so its
-    handler is running and waiting for the rest: the request is in flight for
-    as long as the test likes. `finish()` sends the rest and returns
-    (status, body) once the server answers and closes.
-    """
-
-    def __init__(self, *, port: int, path: str, headers: Mapping[str, str], body: bytes) -> None:
-        self.port = port
-        self.path = path
-        self.headers = dict(headers)
-        self.body = body
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def begin(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(LOOPBACK, self.port)
-        head = [f"POST {self.path} HTTP/1.1", f"Host: {LOOPBACK}:{self.port}"]
-        head += [f"{k}: {v}" for k, v in self.headers.items()]
-        head += [f"Content-Length: {len(self.body)}", "Connection: close", "", ""]
-        self._writer.write("\r\n".join(head).encode() + self.body[: len(self.body) // 2])
-        await self._writer.drain()
-
-    async def finish(self, within: float = 20.0) -> tuple[int, bytes]:
-        assert self._reader is not None and self._writer is not None
-        try:
-            self._writer.write(self.body[len(self.body) // 2 :])
-            await self._writer.drain()
-            raw = await asyncio.wait_for(self._reader.read(), within)
-        finally:
-            self._writer.close()
-        match = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
-        if not match:
-            raise ConnectionError(f"no HTTP response, got {raw[:200]!r}")
-        return int(match.group(1)), raw.partition(b"\r\n\r\n")[2]
