@@ -178,7 +178,7 @@ def _record(result: BatchResult) -> None:
         metrics.ALERTS_RECEIVED.labels(source, status).inc(n)
     for source, n in result.repeated.items():
         metrics.ALERTS_DEDUPLICATED.labels(source).inc(n)
-    metrics.record_transitions(result.transitions)
+    incidents.record_metrics(result.transitions)
     for t in result.transitions:
         log.info(
             "incident opened" if t.previous is None else f"incident {t.incident.status.value}",

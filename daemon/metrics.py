@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,8 +14,7 @@ from prometheus_client import (
 )
 
 from daemon import __version__
-from daemon.itsm.incidents import Transition
-from daemon.models import IncidentStatus, Severity
+from daemon.models import Severity
 
 # `_created` series double the exposition and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -106,23 +104,3 @@ def set_open_incidents(counts: Mapping[Severity, int]) -> None:
     """Rebuild the open-incident gauge from the store, at start."""
     for sev in Severity:
         INCIDENTS_OPEN.labels(sev.value).set(counts.get(sev, 0))
-
-
-def record_transitions(transitions: Iterable[Transition]) -> None:
-    """Count committed incident transitions. Call only after the commit."""
-    for t in transitions:
-        inc = t.incident
-        sev = inc.severity.value
-        if t.previous is None:
-            INCIDENTS_OPENED.labels(sev).inc()
-            INCIDENTS_OPEN.labels(sev).inc()
-        elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at:
-            TIME_TO_ACKNOWLEDGE.labels(sev).observe(_seconds(inc.created_at, inc.acknowledged_at))
-        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at:
-            INCIDENTS_OPEN.labels(sev).dec()
-            INCIDENTS_RESOLVED.labels(sev, t.how.value).inc()
-            TIME_TO_RESOLVE.labels(sev).observe(_seconds(inc.created_at, inc.resolved_at))
-
-
-def _seconds(start: datetime, end: datetime) -> float:
-    return max(0.0, (end - start).total_seconds())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from daemon import metrics
 from daemon.clock import Clock
 from daemon.itsm import incidents
 from daemon.itsm.incidents import Transition
@@ -21,7 +20,7 @@ class Actions:
             t = await incidents.acknowledge(
                 conn, incident_id, actor=actor, note=note, now=self._clock.now()
             )
-        metrics.record_transitions([t])
+        incidents.record_metrics([t])
         return t
 
     async def resolve(self, incident_id: int, *, actor: str, note: str | None) -> Transition:
@@ -29,5 +28,5 @@ class Actions:
             t = await incidents.resolve(
                 conn, incident_id, actor=actor, note=note, now=self._clock.now()
             )
-        metrics.record_transitions([t])
+        incidents.record_metrics([t])
         return t

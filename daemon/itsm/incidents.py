@@ -8,12 +8,13 @@ update metrics (and, later, notify) once the transaction has committed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from daemon import metrics
 from daemon.correlation.engine import Placed
 from daemon.errors import InvalidTransition, NotFound
 from daemon.models import (
@@ -176,3 +177,24 @@ async def _manual(
         conn, [(incident_id, TimelineEntry(at=now, actor=actor, kind=kind, detail=detail))]
     )
     return Transition(moved[0], before.status, How.MANUAL)
+
+
+def record_metrics(transitions: Iterable[Transition]) -> None:
+    """Count committed incident transitions. Call only after the commit."""
+    for t in transitions:
+        inc = t.incident
+        sev = inc.severity.value
+        if t.previous is None:
+            metrics.INCIDENTS_OPENED.labels(sev).inc()
+            metrics.INCIDENTS_OPEN.labels(sev).inc()
+        elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at:
+            waited = _seconds(inc.created_at, inc.acknowledged_at)
+            metrics.TIME_TO_ACKNOWLEDGE.labels(sev).observe(waited)
+        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at:
+            metrics.INCIDENTS_OPEN.labels(sev).dec()
+            metrics.INCIDENTS_RESOLVED.labels(sev, t.how.value).inc()
+            metrics.TIME_TO_RESOLVE.labels(sev).observe(_seconds(inc.created_at, inc.resolved_at))
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return max(0.0, (end - start).total_seconds())
