@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,6 +22,14 @@ from daemon.store import incidents as incident_store
 from daemon.store.incidents import alert_view
 
 _ACTION_BODY_LIMIT = 64 * 1024
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> Any: ...
+
+
+_T = TypeVar("_T", bound=_HasId)
 
 
 class ActionBody(BaseModel):
@@ -47,12 +58,13 @@ class IncidentRoutes:
         q = request.query
         limit = params.limit(q.get("limit"))
         async with self._store.read() as conn:
+            # One more than asked tells whether another page exists.
             items = await incident_store.list_incidents(
-                conn, statuses=_statuses(q.get("status")), limit=limit,
+                conn, statuses=_statuses(q.get("status")), limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")),
             )
-        next_cursor = str(items[-1].id) if len(items) == limit else None
-        return json_response({"items": [incident_json(i) for i in items],
+        page, next_cursor = _page(items, limit)
+        return json_response({"items": [incident_json(i) for i in page],
                               "next_cursor": next_cursor})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -78,18 +90,18 @@ class IncidentRoutes:
             raise params.bad("status", "must be firing or resolved")
         async with self._store.read() as conn:
             rows = await alert_store.list_alerts(
-                conn, status=AlertStatus(status) if status else None, limit=limit,
+                conn, status=AlertStatus(status) if status else None, limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")),
             )
-            links = await alert_store.incident_ids_of(conn, [r.id for r in rows])
+            page, next_cursor = _page(rows, limit)
+            links = await alert_store.incident_ids_of(conn, [r.id for r in page])
         items = []
-        for r in rows:
+        for r in page:
             item = alert_json(alert_view(r, role=""))
             del item["role"]
             item["group_key"] = r.group_key
             item["incident_ids"] = list(links.get(r.id, ()))
             items.append(item)
-        next_cursor = str(rows[-1].id) if len(rows) == limit else None
         return json_response({"items": items, "next_cursor": next_cursor})
 
     async def _detail(self, incident_id: int) -> web.Response:
@@ -98,6 +110,13 @@ class IncidentRoutes:
         if incident is None:
             raise NotFound(f"no incident {incident_key(incident_id)}")
         return json_response(incident_json(incident, detail=True))
+
+
+def _page(rows: Sequence[_T], limit: int) -> tuple[Sequence[_T], str | None]:
+    """Trim the extra row fetched past `limit`; its presence means another page."""
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], str(rows[limit - 1].id)
 
 
 def _statuses(raw: str | None) -> list[IncidentStatus] | None:

@@ -140,11 +140,6 @@ class ManagedProcess:
             )
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"{self.name} was never started"
-        return self.proc.pid
-
-    @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -128,16 +128,20 @@ async def test_pagination_with_cursor(client: TestClient) -> None:
         payload["groupKey"] = f"group{i}"
         resp = await client.post("/api/v1/alerts/alertmanager", json=payload, headers=AM)
         assert resp.status == 200
-    seen: list[int] = []
-    cursor = ""
-    while True:
-        resp = await client.get(f"/api/v1/incidents?limit=2&cursor={cursor}", headers=ADMIN)
-        body = await resp.json()
-        seen += [i["id"] for i in body["items"]]
-        if not body["next_cursor"]:
-            break
-        cursor = body["next_cursor"]
-    assert seen == [5, 4, 3, 2, 1]
+    async def pages(limit: int) -> list[list[int]]:
+        out: list[list[int]] = []
+        cursor = ""
+        while True:
+            resp = await client.get(f"/api/v1/incidents?limit={limit}&cursor={cursor}",
+                                    headers=ADMIN)
+            body = await resp.json()
+            out.append([i["id"] for i in body["items"]])
+            if not body["next_cursor"]:
+                return out
+            cursor = body["next_cursor"]
+
+    assert await pages(2) == [[5, 4], [3, 2], [1]]
+    assert await pages(5) == [[5, 4, 3, 2, 1]]  # a full last page has no empty page after it
 
 
 async def test_health_ready_and_metrics(client: TestClient) -> None:
