@@ -17,18 +17,19 @@ from sqlalchemy.engine import make_url
 
 from daemon import __version__, metrics
 from daemon.api.auth import api_token_middleware
+from daemon.api.changes import ChangeRoutes
 from daemon.api.health import HealthRoutes
 from daemon.api.incidents import IncidentRoutes
 from daemon.api.responses import errors_middleware
 from daemon.clock import Clock, SystemClock
-from daemon.config import Config, IntegrationConfig
+from daemon.config import Config
 from daemon.ingest import IngestWriter
 from daemon.itsm.actions import Actions
-from daemon.models import Severity
-from daemon.receivers.alertmanager import AlertmanagerParser
+from daemon.itsm.changes import ChangeRecorder
 from daemon.receivers.auth import Credentials
-from daemon.receivers.endpoint import AlertSink, Endpoint
-from daemon.secrets import resolve, resolve_or_generate
+from daemon.receivers.endpoint import Intake
+from daemon.receivers.integrations import build_integrations
+from daemon.secrets import resolve_or_generate
 from daemon.store import Store, migrate
 from daemon.store import incidents as incident_store
 
@@ -53,43 +54,14 @@ def api_credentials(config: Config) -> Credentials:
     return Credentials(bearer=resolved.values)
 
 
-def integration_credentials(integration: IntegrationConfig) -> Credentials:
-    auth = integration.auth
-    basic = tuple(
-        (c.username, value) for c in auth.basic if (value := resolve(c.password)) is not None
-    )
-    if auth.bearer_tokens or not basic:
-        resolved = resolve_or_generate(auth.bearer_tokens)
-        if resolved.generated:
-            refs = ", ".join(r.describe() for r in auth.bearer_tokens) or "none"
-            log.warning(
-                "no bearer token for integration; generated one for this run (set it from: "
-                f"{refs})", integration=integration.name, generated_token=resolved.generated,
-            )
-        return Credentials(bearer=resolved.values, basic=basic)
-    return Credentials(basic=basic)
-
-
-def build_endpoints(config: Config, sink: AlertSink) -> dict[str, Endpoint]:
-    endpoints = {}
-    for integration in config.integrations:
-        parser = AlertmanagerParser(
-            integration=integration.name,
-            default_severity=Severity(integration.default_severity),
-        )
-        endpoints[integration.name] = Endpoint(
-            name=integration.name,
-            parser=parser,
-            credentials=integration_credentials(integration),
-            sink=sink,
-            max_body_bytes=config.server.max_body_bytes,
-        )
-    return endpoints
-
-
 def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
               health: HealthRoutes) -> web.Application:
-    endpoints = build_endpoints(config, writer)
+    intake = Intake(
+        integrations=build_integrations(config, clock),
+        alerts=writer,
+        changes=ChangeRecorder(store=store, clock=clock),
+        clock=clock,
+    )
     app = web.Application(
         middlewares=[errors_middleware, api_token_middleware(api_credentials(config))],
         # Bodies are limited per endpoint (with a 413 in JSON); this is only a backstop.
@@ -97,14 +69,8 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
     )
     app.add_routes(health.routes())
     app.add_routes(IncidentRoutes(store=store, actions=Actions(store=store, clock=clock)).routes())
-
-    async def ingest(request: web.Request) -> web.StreamResponse:
-        endpoint = endpoints.get(request.match_info["integration"])
-        if endpoint is None:
-            raise web.HTTPNotFound(reason="Unknown integration")
-        return await endpoint.handle(request)
-
-    app.add_routes([web.post("/api/v1/alerts/{integration}", ingest)])
+    app.add_routes(ChangeRoutes(store=store).routes())
+    app.add_routes(intake.routes())
     return app
 
 

@@ -104,32 +104,80 @@ class ApiConfig(_Strict):
     tokens: list[SecretRef] = Field(default_factory=lambda: [SecretRef(env="INCIDENTD_API_TOKEN")])
 
 
-class AuthConfig(_Strict):
-    """Credentials an integration accepts; any one that matches admits the request.
-
-    Several entries of one kind let a secret be rotated without downtime.
-    """
-
-    bearer_tokens: list[SecretRef] = Field(default_factory=list)
-    basic: list[BasicCredential] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _some_credential(self) -> AuthConfig:
-        if not self.bearer_tokens and not self.basic:
-            raise ValueError("give at least one credential (bearer_tokens or basic)")
-        return self
-
-
 class BasicCredential(_Strict):
     username: str
     password: SecretRef
 
 
+class HmacConfig(_Strict):
+    """An HMAC-SHA256 signature of the raw body in a header.
+
+    With `timestamp_header`, the signed text is `<timestamp>:<body>` and a
+    request older than `max_age_seconds`, or seen before, is refused.
+    """
+
+    secrets: list[SecretRef] = Field(min_length=1)
+    # Default: X-Incidentd-Signature; for grafana, Grafana's own header names.
+    header: str | None = None
+    prefix: str = ""  # e.g. "sha256=" or "v1="
+    encoding: Literal["hex", "base64"] = "hex"
+    timestamp_header: str | None = None
+    max_age_seconds: int = Field(default=300, gt=0)
+
+
+class AuthConfig(_Strict):
+    """Credentials an integration accepts; any one that matches admits the request.
+
+    Several entries of one kind let a secret be rotated without downtime.
+    PagerDuty senders authenticate by `routing_keys` in the body instead.
+    """
+
+    bearer_tokens: list[SecretRef] = Field(default_factory=list)
+    basic: list[BasicCredential] = Field(default_factory=list)
+    hmac: HmacConfig | None = None
+    routing_keys: list[SecretRef] = Field(default_factory=list)
+
+
+class IntegrationDefaults(_Strict):
+    """Added to every alert of the integration; what the alert says itself wins."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    service: str | None = None  # becomes the `service` label
+    ci: str | None = None  # CI id hint for alerts that name none
+
+
+class ReceiverLimits(_Strict):
+    """Bounds on one request; a breach is a 400 or 413 and nothing is stored."""
+
+    max_body_bytes: int | None = Field(default=None, gt=0)  # default: server.max_body_bytes
+    max_alerts: int = Field(default=1000, gt=0)
+    max_labels: int = Field(default=64, gt=0)
+    max_label_name_length: int = Field(default=256, gt=0)
+    max_label_value_length: int = Field(default=4096, gt=0)
+
+
+IntegrationType = Literal["alertmanager", "pagerduty", "grafana", "generic"]
+
+
 class IntegrationConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    type: Literal["alertmanager"]
+    type: IntegrationType
     auth: AuthConfig
     default_severity: Literal["critical", "error", "warning", "info"] = "warning"
+    defaults: IntegrationDefaults = IntegrationDefaults()
+    limits: ReceiverLimits = ReceiverLimits()
+
+    @model_validator(mode="after")
+    def _credentials_fit_type(self) -> IntegrationConfig:
+        auth = self.auth
+        if self.type == "pagerduty":
+            if not auth.routing_keys:
+                raise ValueError("a pagerduty integration needs auth.routing_keys")
+        elif auth.routing_keys:
+            raise ValueError(f"auth.routing_keys is for pagerduty integrations, not {self.type}")
+        elif not (auth.bearer_tokens or auth.basic or auth.hmac):
+            raise ValueError("give at least one credential (bearer_tokens, basic or hmac)")
+        return self
 
 
 class LoggingConfig(_Strict):
@@ -157,7 +205,6 @@ class Config(_Strict):
         return next((i for i in self.integrations if i.name == name), None)
 
 
-AuthConfig.model_rebuild()
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -24,7 +24,7 @@ from daemon.correlation import dedup, engine
 from daemon.errors import Overloaded
 from daemon.itsm import incidents
 from daemon.itsm.incidents import Transition
-from daemon.models import Alert, incident_key
+from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 
 log = structlog.get_logger("incidentd.ingest")
@@ -37,11 +37,15 @@ class BatchResult:
     repeated: Counter[str] = field(default_factory=Counter)
 
 
-async def process_batch(conn: AsyncConnection, batch: Sequence[Alert], clock: Clock) -> BatchResult:
+async def process_batch(
+    conn: AsyncConnection, batch: Sequence[AlertEvent], clock: Clock
+) -> BatchResult:
     """Run the pipeline for a batch inside the caller's transaction."""
     now = clock.now()
     result = BatchResult()
-    result.received.update((a.source, a.status.value) for a in batch)
+    result.received.update(
+        (e.source, e.status.value if isinstance(e, Alert) else "acknowledge") for e in batch
+    )
     for group in dedup.rounds(batch):
         outcome = await dedup.apply(conn, group, now)
         result.repeated.update(a.source for a in outcome.repeated)
@@ -49,12 +53,15 @@ async def process_batch(conn: AsyncConnection, batch: Sequence[Alert], clock: Cl
         result.transitions += await incidents.open_incidents(conn, plan.opens, now)
         await incidents.attach_alerts(conn, plan.joins, now)
         result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
+        result.transitions += await incidents.acknowledge_from_sources(
+            conn, outcome.acknowledged, now
+        )
     return result
 
 
 @dataclass(slots=True)
 class _Pending:
-    alerts: Sequence[Alert]
+    alerts: Sequence[AlertEvent]
     done: asyncio.Future[None]
 
 
@@ -85,7 +92,7 @@ class IngestWriter:
     def retry_after(self) -> int:
         return self._retry_after
 
-    async def submit(self, alerts: Sequence[Alert], *, overload_status: int = 503) -> None:
+    async def submit(self, alerts: Sequence[AlertEvent], *, overload_status: int = 503) -> None:
         """Return once `alerts` are committed; raise `Overloaded` or `StoreUnavailable`."""
         if not alerts:
             return

@@ -97,6 +97,33 @@ class Alert:
     generator_url: str | None
     group_key: str
     ci_id: str | None = None
+    # Links a person may want to follow (dashboards, runbooks, silences), kept as sent.
+    links: tuple[Link, ...] = ()
+    # Source-specific context that is not a label: PagerDuty custom_details,
+    # Grafana values, images, client. Shown, never matched on.
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    href: str
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acknowledgement:
+    """A source saying its alert is being handled (PagerDuty `acknowledge`).
+
+    It acknowledges the incident the alert belongs to, with the integration
+    as the actor; it never opens anything.
+    """
+
+    source: str
+    integration: str
+    fingerprint: str
+
+
+AlertEvent = Alert | Acknowledgement
 
 
 class IncidentStatus(enum.StrEnum):
@@ -175,3 +202,15 @@ class Incident:
     @property
     def key(self) -> str:
         return incident_key(self.id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeRecord:
+    """A change someone made (a deploy, a config push), as a change event reported it."""
+
+    integration: str
+    summary: str
+    source: str | None
+    occurred_at: datetime
+    details: dict[str, Any] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()

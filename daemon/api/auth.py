@@ -8,15 +8,21 @@ from aiohttp.typedefs import Middleware
 from daemon.api.responses import Handler
 from daemon.receivers.auth import Credentials
 
-_INGEST_PREFIX = "/api/v1/alerts/"
 _PROTECTED_PREFIX = "/api/v1/"
+
+
+def _is_ingest(request: web.Request) -> bool:
+    """Alert ingestion authenticates per integration, not with the admin token."""
+    path = request.path
+    return request.method == "POST" and (
+        path == "/api/v1/alerts" or path.startswith("/api/v1/alerts/")
+    )
 
 
 def api_token_middleware(credentials: Credentials) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path.startswith(_PROTECTED_PREFIX) and not path.startswith(_INGEST_PREFIX):
+        if request.path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request):
             credentials.check(request.headers.get("Authorization"))
         return await handler(request)
 

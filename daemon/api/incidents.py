@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
-
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.api import params
+from daemon.api.pages import page
 from daemon.api.responses import json_response
 from daemon.api.serialize import alert_json, incident_json
 from daemon.errors import NotFound
@@ -22,14 +20,6 @@ from daemon.store import incidents as incident_store
 from daemon.store.incidents import alert_view
 
 _ACTION_BODY_LIMIT = 64 * 1024
-
-
-class _HasId(Protocol):
-    @property
-    def id(self) -> Any: ...
-
-
-_T = TypeVar("_T", bound=_HasId)
 
 
 class ActionBody(BaseModel):
@@ -63,8 +53,8 @@ class IncidentRoutes:
                 conn, statuses=_statuses(q.get("status")), limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")),
             )
-        page, next_cursor = _page(items, limit)
-        return json_response({"items": [incident_json(i) for i in page],
+        shown, next_cursor = page(items, limit)
+        return json_response({"items": [incident_json(i) for i in shown],
                               "next_cursor": next_cursor})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -93,10 +83,10 @@ class IncidentRoutes:
                 conn, status=AlertStatus(status) if status else None, limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")),
             )
-            page, next_cursor = _page(rows, limit)
-            links = await alert_store.incident_ids_of(conn, [r.id for r in page])
+            shown, next_cursor = page(rows, limit)
+            links = await alert_store.incident_ids_of(conn, [r.id for r in shown])
         items = []
-        for r in page:
+        for r in shown:
             item = alert_json(alert_view(r, role=""))
             del item["role"]
             item["group_key"] = r.group_key
@@ -110,13 +100,6 @@ class IncidentRoutes:
         if incident is None:
             raise NotFound(f"no incident {incident_key(incident_id)}")
         return json_response(incident_json(incident, detail=True))
-
-
-def _page(rows: Sequence[_T], limit: int) -> tuple[Sequence[_T], str | None]:
-    """Trim the extra row fetched past `limit`; its presence means another page."""
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], str(rows[limit - 1].id)
 
 
 def _statuses(raw: str | None) -> list[IncidentStatus] | None:

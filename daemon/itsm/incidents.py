@@ -19,6 +19,7 @@ from daemon.correlation.engine import Placed
 from daemon.errors import InvalidTransition, NotFound
 from daemon.models import (
     SYSTEM_ACTOR,
+    Acknowledgement,
     IncidentStatus,
     TimelineEntry,
     TimelineKind,
@@ -121,6 +122,25 @@ async def resolve_cleared(
 def _was(state: IncidentState) -> IncidentStatus:
     """The open status an incident left: only acknowledged ones have `acknowledged_at`."""
     return IncidentStatus.ACKNOWLEDGED if state.acknowledged_at else IncidentStatus.TRIGGERED
+
+
+async def acknowledge_from_sources(
+    conn: AsyncConnection,
+    acknowledged: Sequence[tuple[Acknowledgement, tuple[int, ...]]],
+    now: datetime,
+) -> list[Transition]:
+    """A source acknowledged its alert: acknowledge the incidents still triggered."""
+    actor_of = {inc: ack.integration for ack, incs in acknowledged for inc in incs}
+    moved = await store.transition(
+        conn, list(actor_of), allowed_from=(IncidentStatus.TRIGGERED,),
+        to=IncidentStatus.ACKNOWLEDGED, values={"acknowledged_at": now},
+    )
+    await store.add_timeline(conn, [
+        (m.id, TimelineEntry(at=now, actor=actor_of[m.id], kind=TimelineKind.ACKNOWLEDGED,
+                             detail={"via": "source"}))
+        for m in moved
+    ])
+    return [Transition(m, IncidentStatus.TRIGGERED, How.AUTOMATIC) for m in moved]
 
 
 async def acknowledge(

@@ -1,4 +1,5 @@
-"""Receivers: one parser per source format, turning a request body into `Alert`s.
+"""Receivers: one parser per source format, turning a request body into `Alert`s
+(and `Acknowledgement`s, for sources that have them).
 
 Parsing and authentication only; no store, no correlation. A parser is one
 method, `parse(body) -> list[Alert]`, so a new source never touches the pipeline.
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from daemon.models import Alert
+from daemon.models import AlertEvent
 
 
 class Parser(Protocol):
     source: str
 
-    def parse(self, body: bytes) -> list[Alert]: ...
+    def parse(self, body: bytes) -> list[AlertEvent]: ...

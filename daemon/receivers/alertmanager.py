@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.correlation.fingerprint import label_fingerprint
 from daemon.errors import InvalidInput
-from daemon.models import Alert, AlertStatus, Severity
+from daemon.models import Alert, AlertEvent, AlertStatus, Link, Severity
+from daemon.receivers.normalize import Limits
 from daemon.receivers.validation import invalid_input
 
 log = structlog.get_logger("incidentd.receivers")
@@ -51,11 +52,12 @@ class WebhookMessage(_Payload):
 class AlertmanagerParser:
     source = SOURCE
 
-    def __init__(self, *, integration: str, default_severity: Severity) -> None:
+    def __init__(self, *, integration: str, default_severity: Severity, limits: Limits) -> None:
         self.integration = integration
         self.default_severity = default_severity
+        self.limits = limits
 
-    def parse(self, body: bytes) -> list[Alert]:
+    def parse(self, body: bytes) -> list[AlertEvent]:
         try:
             message = WebhookMessage.model_validate_json(body)
         except ValidationError as exc:
@@ -72,25 +74,44 @@ class AlertmanagerParser:
                 integration=self.integration, truncated=message.truncatedAlerts,
                 group_key=message.groupKey,
             )
-        return [self._alert(a, message.groupKey) for a in message.alerts]
+        alerts = [
+            convert(a, source=SOURCE, integration=self.integration,
+                    default_severity=self.default_severity, group_key=message.groupKey)
+            for a in message.alerts
+        ]
+        self.limits.check(alerts)
+        return list(alerts)
 
-    def _alert(self, a: WebhookAlert, group_key: str) -> Alert:
-        fingerprint = a.fingerprint or label_fingerprint(a.labels)
-        return Alert(
-            source=SOURCE,
-            integration=self.integration,
-            fingerprint=fingerprint,
-            status=AlertStatus(a.status),
-            severity=Severity.parse(a.labels.get("severity"), self.default_severity),
-            summary=_summary(a),
-            labels=a.labels,
-            annotations=a.annotations,
-            starts_at=a.startsAt,
-            ends_at=None if a.endsAt is None or a.endsAt.year == _ZERO_YEAR else a.endsAt,
-            generator_url=a.generatorURL or None,
-            # Without a group key each alert is its own group.
-            group_key=group_key or f"{SOURCE}:{fingerprint}",
-        )
+
+def convert(
+    a: WebhookAlert,
+    *,
+    source: str,
+    integration: str,
+    default_severity: Severity,
+    group_key: str,
+    links: tuple[Link, ...] = (),
+    details: dict[str, Any] | None = None,
+) -> Alert:
+    """One alert of an Alertmanager-shaped webhook (Alertmanager's or Grafana's)."""
+    fingerprint = a.fingerprint or label_fingerprint(a.labels)
+    return Alert(
+        source=source,
+        integration=integration,
+        fingerprint=fingerprint,
+        status=AlertStatus(a.status),
+        severity=Severity.parse(a.labels.get("severity"), default_severity),
+        summary=_summary(a),
+        labels=a.labels,
+        annotations=a.annotations,
+        starts_at=a.startsAt,
+        ends_at=None if a.endsAt is None or a.endsAt.year == _ZERO_YEAR else a.endsAt,
+        generator_url=a.generatorURL or None,
+        # Without a group key each alert is its own group.
+        group_key=group_key or f"{source}:{fingerprint}",
+        links=links,
+        details=details or {},
+    )
 
 
 def _summary(a: WebhookAlert) -> str:
@@ -98,4 +119,3 @@ def _summary(a: WebhookAlert) -> str:
         if a.annotations.get(key):
             return a.annotations[key]
     return a.labels.get("alertname", "alert")
-

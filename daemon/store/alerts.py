@@ -62,6 +62,8 @@ async def upsert_firing(
             "annotations": stmt.excluded.annotations,
             "ends_at": stmt.excluded.ends_at,
             "generator_url": stmt.excluded.generator_url,
+            "links": stmt.excluded.links,
+            "details": stmt.excluded.details,
         },
     ).returning(alerts.c.id, alerts.c.source, alerts.c.fingerprint, alerts.c.occurrences)
     rows = [_row(a, now) for a in batch]
@@ -84,6 +86,8 @@ def _row(alert: Alert, now: datetime) -> dict[str, Any]:
         "generator_url": alert.generator_url,
         "group_key": alert.group_key,
         "ci_id": alert.ci_id,
+        "links": [{"href": link.href, "text": link.text} for link in alert.links],
+        "details": alert.details,
         "occurrences": 1,
         "first_seen": now,
         "last_seen": now,
@@ -129,6 +133,22 @@ async def resolve_of_incident(conn: AsyncConnection, incident_id: int, now: date
                 ends_at=sa.func.coalesce(alerts.c.ends_at, now))
     )
     return result.rowcount or 0
+
+
+async def firing_incident_ids(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, ...]]:
+    """For each (source, fingerprint) that is firing, the incidents its alert belongs to."""
+    result = await conn.execute(
+        sa.select(alerts.c.source, alerts.c.fingerprint, incident_alerts.c.incident_id)
+        .join(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
+        .where(alerts.c.status == AlertStatus.FIRING.value,
+               sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(list(keys)))
+    )
+    out: dict[tuple[str, str], list[int]] = {}
+    for r in result:
+        out.setdefault((r.source, r.fingerprint), []).append(r.incident_id)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 async def incident_ids_of(

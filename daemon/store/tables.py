@@ -57,6 +57,8 @@ alerts = sa.Table(
     sa.Column("generator_url", sa.Text(), nullable=True),
     sa.Column("group_key", sa.Text(), nullable=False),
     sa.Column("ci_id", sa.String(255), nullable=True),
+    sa.Column("links", sa.JSON(), nullable=False, server_default="[]"),
+    sa.Column("details", sa.JSON(), nullable=False, server_default="{}"),
     sa.Column("occurrences", sa.Integer(), nullable=False, server_default="1"),
     sa.Column("first_seen", UTCDateTime(), nullable=False),
     sa.Column("last_seen", UTCDateTime(), nullable=False),
@@ -124,4 +126,19 @@ timeline = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("detail", sa.JSON(), nullable=False),
     sa.Index("ix_timeline_incident_id_id", "incident_id", "id"),
+)
+
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("integration", sa.String(64), nullable=False),
+    sa.Column("summary", sa.Text(), nullable=False),
+    sa.Column("source", sa.Text(), nullable=True),
+    # When the change happened, as the sender said; received_at is when we heard of it.
+    sa.Column("occurred_at", UTCDateTime(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("details", sa.JSON(), nullable=False),
+    sa.Column("links", sa.JSON(), nullable=False),
+    sa.Index("ix_changes_occurred_at", "occurred_at"),
 )

@@ -8,9 +8,12 @@ import pytest
 from daemon.errors import InvalidInput
 from daemon.models import AlertStatus, Severity
 from daemon.receivers.alertmanager import AlertmanagerParser
+from daemon.receivers.normalize import Limits
 from tests.conftest import fixture_bytes
 
-parser = AlertmanagerParser(integration="alertmanager", default_severity=Severity.WARNING)
+parser = AlertmanagerParser(
+    integration="alertmanager", default_severity=Severity.WARNING, limits=Limits()
+)
 
 
 def test_prometheus_firing_payload_as_alertmanager_sent_it() -> None:
@@ -64,7 +67,9 @@ def test_no_severity_label_takes_the_integration_default() -> None:
     alerts = body["alerts"]
     assert isinstance(alerts, list)
     del alerts[0]["labels"]["severity"]
-    errors_default = AlertmanagerParser(integration="x", default_severity=Severity.ERROR)
+    errors_default = AlertmanagerParser(
+        integration="x", default_severity=Severity.ERROR, limits=Limits()
+    )
     assert errors_default.parse(json.dumps(body).encode())[0].severity is Severity.ERROR
 
 

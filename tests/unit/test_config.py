@@ -17,9 +17,13 @@ def test_example_config_loads_with_embedded_defaults() -> None:
     assert config.server.listen == "127.0.0.1:8080"
     assert config.database.url.startswith("sqlite+aiosqlite:///./var/")
     assert config.api.tokens[0].env == "INCIDENTD_API_TOKEN"
-    [am] = config.integrations
+    am, pd, grafana, generic = config.integrations
     assert (am.name, am.type) == ("alertmanager", "alertmanager")
     assert am.auth.bearer_tokens[0].env == "INCIDENTD_ALERTMANAGER_TOKEN"
+    assert (pd.name, pd.type) == ("pagerduty", "pagerduty")
+    assert pd.auth.routing_keys[0].env == "INCIDENTD_PAGERDUTY_ROUTING_KEY"
+    assert grafana.auth.bearer_tokens[0].env == "INCIDENTD_GRAFANA_TOKEN"
+    assert generic.auth.bearer_tokens[0].env == "INCIDENTD_GENERIC_TOKEN"
 
 
 def test_environment_then_flags_override_the_file() -> None:
