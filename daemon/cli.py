@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="bring the database schema up to date")
     with_config(mig)
+
+    schema = sub.add_parser("schema", help="print a JSON Schema or the OpenAPI document")
+    schema.add_argument("which", choices=["generic-alert", "openapi"])
     return parser
 
 
@@ -91,6 +94,20 @@ def _secret_file_problems(config: Config, source: str) -> list[str]:
     return problems
 
 
+def _print_schema(which: str) -> int:
+    import json
+
+    if which == "openapi":
+        from daemon.api.openapi import document
+
+        print(json.dumps(document(), indent=2))
+    else:
+        from daemon.receivers.generic import GenericBody
+
+        print(json.dumps(GenericBody.model_json_schema(), indent=2))
+    return 0
+
+
 async def _migrate(config: Config) -> int:
     from daemon.store import Store, migrate
 
@@ -107,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "schema":
+        return _print_schema(args.which)
     try:
         config = _load(args)
     except ConfigError as err:

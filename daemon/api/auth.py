@@ -22,7 +22,8 @@ def _is_ingest(request: web.Request) -> bool:
 def api_token_middleware(credentials: Credentials) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request):
+        if (request.path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request)
+                and request.path != "/api/v1/openapi.json"):
             credentials.check(request.headers.get("Authorization"))
         return await handler(request)
 

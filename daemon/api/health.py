@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from daemon.api.openapi import document
 from daemon.api.responses import json_response
 from daemon.metrics import REGISTRY
 from daemon.store import Store, StoreUnavailable, migrate
@@ -20,6 +21,7 @@ class HealthRoutes:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
+            web.get("/api/v1/openapi.json", self.openapi),
         ]
 
     async def healthz(self, _: web.Request) -> web.Response:
@@ -37,6 +39,9 @@ class HealthRoutes:
         if problems:
             return json_response({"status": "unavailable", "problems": problems}, status=503)
         return json_response({"status": "ready"})
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return json_response(document())
 
     async def metrics(self, _: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(REGISTRY))

@@ -11,10 +11,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from daemon.clock import Clock
 from daemon.correlation.fingerprint import label_fingerprint
+from daemon.errors import InvalidInput
 from daemon.models import Alert, AlertEvent, AlertStatus, Link, Severity
 from daemon.receivers.normalize import Limits
 from daemon.receivers.validation import invalid_input
@@ -70,7 +80,11 @@ class GenericAlert(BaseModel):
 
 
 class GenericBody(RootModel[GenericAlert | list[GenericAlert]]):
-    """The request body: one alert, or a list."""
+    """The request body: one alert, or a list (for the published schema)."""
+
+
+_ONE = TypeAdapter(GenericAlert)
+_MANY = TypeAdapter(list[GenericAlert])
 
 
 class GenericParser:
@@ -85,13 +99,19 @@ class GenericParser:
 
     def parse(self, body: bytes) -> list[AlertEvent]:
         try:
-            root = GenericBody.model_validate_json(body).root
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"invalid JSON: {exc}",
+                               [{"field": "(body)", "reason": f"invalid JSON: {exc}"}]) from None
+        many = isinstance(data, list)
+        try:
+            # Validated as one or as many, not as a union, so errors name plain paths.
+            items = _MANY.validate_python(data) if many else [_ONE.validate_python(data)]
         except ValidationError as exc:
             raise invalid_input(exc, "alert") from None
-        items = root if isinstance(root, list) else [root]
         now = self.clock.now()
         alerts = [self._alert(a, now) for a in items]
-        self.limits.check(alerts, field_prefix="alerts" if isinstance(root, list) else "")
+        self.limits.check(alerts, field_prefix="alerts" if many else "")
         return list(alerts)
 
     def _alert(self, a: GenericAlert, now: datetime) -> Alert:

@@ -22,6 +22,7 @@ def invalid_input(exc: ValidationError, what: str) -> InvalidInput:
             reason = err.get("ctx", {}).get("error", "invalid JSON")
             errors.append({"field": "(body)", "reason": f"invalid JSON: {reason}"})
             continue
-        errors.append({"field": field_path(err["loc"]), "reason": err["msg"]})
+        reason = err["msg"].removeprefix("Value error, ")
+        errors.append({"field": field_path(err["loc"]), "reason": reason})
     first = errors[0] if errors else {"field": "(body)", "reason": "invalid"}
     return InvalidInput(f"invalid {what}: {first['field']}: {first['reason']}", errors)

@@ -1,0 +1,106 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at `/api/v1/openapi.json`.
+
+Request schemas come from the pydantic models that validate the bodies, so
+the document cannot drift from what the daemon accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from daemon import __version__
+from daemon.api.incidents import ActionBody
+from daemon.receivers.alertmanager import WebhookMessage
+from daemon.receivers.generic import GenericBody
+from daemon.receivers.grafana import GrafanaMessage
+from daemon.receivers.pagerduty import PDChangeEvent, PDEvent
+
+_REF = "#/components/schemas/{model}"
+_MODELS: dict[str, type[BaseModel]] = {
+    "GenericAlerts": GenericBody,
+    "AlertmanagerWebhook": WebhookMessage,
+    "GrafanaWebhook": GrafanaMessage,
+    "PagerDutyEvent": PDEvent,
+    "PagerDutyChangeEvent": PDChangeEvent,
+    "ActionBody": ActionBody,
+}
+
+_ERROR = {"description": "Error", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Error"}}}}
+
+
+def _body(model: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "$ref": _REF.format(model=model)}}}}
+
+
+def _ingest(summary: str, model: str, ok: str, security: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "requestBody": _body(model), "security": [{security: []}],
+        "responses": {ok: {"description": "Committed"}, "400": _ERROR, "401": _ERROR,
+                      "413": _ERROR, "503": _ERROR},
+    }}
+
+
+def _read(summary: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "security": [{"apiToken": []}],
+                    "responses": {"200": {"description": "OK"}, "400": _ERROR, "401": _ERROR}}}
+
+
+def _action(summary: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "security": [{"apiToken": []}],
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "schema": {"type": "string"}, "description": "id or key (INC-000001)"}],
+        "requestBody": {**_body("ActionBody"), "required": False},
+        "responses": {"200": {"description": "The incident"}, "404": _ERROR, "409": _ERROR},
+    }}
+
+
+def document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for name, model in _MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    schemas["Error"] = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "field": {"type": "string"}, "reason": {"type": "string"}}}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "incidentd", "version": __version__},
+        "paths": {
+            "/api/v1/alerts": {
+                **_ingest("Send alerts in incidentd's own format", "GenericAlerts", "202",
+                          "integrationToken"),
+                **_read("List alerts, newest first"),
+            },
+            "/api/v1/alerts/alertmanager": _ingest(
+                "Alertmanager webhook (version 4)", "AlertmanagerWebhook", "200",
+                "integrationToken"),
+            "/api/v1/alerts/grafana": _ingest(
+                "Grafana webhook contact point", "GrafanaWebhook", "200", "integrationToken"),
+            "/v2/enqueue": _ingest(
+                "PagerDuty Events API v2", "PagerDutyEvent", "202", "routingKey"),
+            "/v2/change/enqueue": _ingest(
+                "PagerDuty change events", "PagerDutyChangeEvent", "202", "routingKey"),
+            "/api/v1/incidents": _read("List incidents, newest first"),
+            "/api/v1/incidents/{id}": _read("One incident with alerts and timeline"),
+            "/api/v1/incidents/{id}/acknowledge": _action("Acknowledge an incident"),
+            "/api/v1/incidents/{id}/resolve": _action("Resolve an incident"),
+            "/api/v1/changes": _read("List change records, newest first"),
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "apiToken": {"type": "http", "scheme": "bearer"},
+                "integrationToken": {"type": "http", "scheme": "bearer",
+                                     "description": "or basic auth, or an HMAC signature"},
+                "routingKey": {"type": "apiKey", "in": "query", "name": "routing_key",
+                               "description": "PagerDuty style: `routing_key` in the body"},
+            },
+        },
+    }
