@@ -81,8 +81,13 @@ def _secret_file_problems(config: Config, source: str) -> list[str]:
     """Secrets read from files must be readable now, not at the first request."""
     refs = [("api.tokens", r) for r in config.api.tokens]
     for i, integ in enumerate(config.integrations):
-        refs += [(f"integrations.{i}.auth.bearer_tokens", r) for r in integ.auth.bearer_tokens]
-        refs += [(f"integrations.{i}.auth.basic", b.password) for b in integ.auth.basic]
+        auth = integ.auth
+        where = f"integrations.{i}.auth"
+        refs += [(f"{where}.bearer_tokens", r) for r in auth.bearer_tokens]
+        refs += [(f"{where}.basic", b.password) for b in auth.basic]
+        refs += [(f"{where}.routing_keys", r) for r in auth.routing_keys]
+        if auth.hmac:
+            refs += [(f"{where}.hmac.secrets", r) for r in auth.hmac.secrets]
     problems = []
     for where, ref in refs:
         if ref.file is None:

@@ -184,6 +184,8 @@ class IncidentAlert:
     last_seen: datetime
     ci: str | None
     role: str
+    links: tuple[Link, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

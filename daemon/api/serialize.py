@@ -28,6 +28,8 @@ def alert_json(a: IncidentAlert) -> dict[str, Any]:
         "last_seen": _ts(a.last_seen),
         "ci": a.ci,
         "role": a.role,
+        "links": [{"href": link.href, "text": link.text} for link in a.links],
+        "details": a.details,
     }
 
 

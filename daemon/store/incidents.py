@@ -16,6 +16,7 @@ from daemon.models import (
     Incident,
     IncidentAlert,
     IncidentStatus,
+    Link,
     Severity,
     TimelineEntry,
     TimelineKind,
@@ -246,6 +247,8 @@ def alert_view(r: Any, *, role: str) -> IncidentAlert:
         last_seen=r.last_seen,
         ci=r.ci_id,
         role=role,
+        links=tuple(Link(href=x["href"], text=x.get("text", "")) for x in r.links),
+        details=r.details,
     )
 
 

@@ -84,6 +84,7 @@ async def test_pagerduty_lifecycle_as_pagerduty_answers(client: Client) -> None:
         "triggered", "critical", "HTTP on srv01 down")
     assert inc["alerts"][0]["occurrences"] == 2
     assert inc["alerts"][0]["labels"] == {"source": "srv01", "team": "sre"}
+    assert inc["alerts"][0]["details"] == {}
 
     resp = await client.post("/api/v1/alerts/pagerduty", json=pd_event("acknowledge"))
     assert resp.status == 202
@@ -165,6 +166,10 @@ async def test_grafana_with_bearer_or_signature(client: Client) -> None:
     resp = await client.post("/api/v1/alerts/grafana", data=body,
                              headers={"Authorization": "Bearer graf"})
     assert resp.status == 200
+    [inc] = await incidents(client)
+    assert [link["text"] for link in inc["alerts"][0]["links"]] == [
+        "Dashboard", "Panel", "Silence"]
+    assert inc["alerts"][0]["details"]["values"] == {"B": 44.23943737541908, "C": 1}
     resolved = (FIXTURES / "grafana" / "resolved.json").read_bytes()
     ts = str(int(time.time()))
     sig = hmac.new(b"hm", ts.encode() + b":" + resolved, hashlib.sha256).hexdigest()
