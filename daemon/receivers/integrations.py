@@ -59,14 +59,21 @@ def _build(cfg: IntegrationConfig, config: Config, clock: Clock) -> Integration:
 
 def _credentials(cfg: IntegrationConfig) -> Credentials:
     auth = cfg.auth
-    basic = tuple(
-        (c.username, value) for c in auth.basic if (value := resolve(c.password)) is not None
-    )
+    basic = []
+    for cred in auth.basic:
+        password = resolve(cred.password)
+        if password is None:
+            log.warning("basic auth password is not set; that user is refused",
+                        integration=cfg.name, username=cred.username,
+                        source=cred.password.describe())
+        else:
+            basic.append((cred.username, password))
     verifier = _hmac(auth.hmac, cfg.type) if auth.hmac else None
-    bearer: tuple[str, ...] = ()
-    if auth.bearer_tokens or not (basic or verifier or cfg.type == "pagerduty"):
-        bearer = _generate_if_unset(auth.bearer_tokens, cfg.name, "bearer token")
-    return Credentials(bearer=bearer, basic=basic, hmac=verifier)
+    # Only bearer tokens are made up when unset: a made-up password or HMAC
+    # secret would be of no use to a sender that has its own.
+    bearer = (_generate_if_unset(auth.bearer_tokens, cfg.name, "bearer token")
+              if auth.bearer_tokens else ())
+    return Credentials(bearer=bearer, basic=tuple(basic), hmac=verifier)
 
 
 def _routing_keys(cfg: IntegrationConfig) -> tuple[str, ...]:

@@ -7,8 +7,9 @@ PID in reverse order, and a failing test's report carries each log's tail.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -50,15 +51,22 @@ def daemon_factory(tmp_path: Path, procs: ProcessRegistry) -> Callable[..., Daem
     """Make (not start) a daemon with its own port and DB: `await d.start()`.
 
     Made first and started later so Alertmanager's config can name its port
-    and everything can start concurrently.
+    and everything can start concurrently. `make(config=..., env=...)` runs
+    it with a test's own config (a mapping, written to a YAML file under
+    `tmp_path`, or a path) and extra environment variables.
     """
     counter = 0
 
-    def make() -> DaemonProcess:
+    def make(
+        *,
+        config: Mapping[str, Any] | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> DaemonProcess:
         nonlocal counter
         counter += 1
         name = "incidentd" if counter == 1 else f"incidentd{counter}"
-        return procs.add(DaemonProcess(tmp_path=tmp_path, name=name))  # type: ignore[return-value]
+        daemon = DaemonProcess(tmp_path=tmp_path, name=name, config=config, env=env)
+        return procs.add(daemon)  # type: ignore[return-value]
 
     return make
 
@@ -94,11 +102,23 @@ def client(
 @pytest.fixture
 def alertmanager_factory(
     tmp_path: Path, procs: ProcessRegistry
-) -> Callable[[str], AlertmanagerProcess]:
-    """Make (not start) an Alertmanager whose only receiver is `webhook_url`."""
+) -> Callable[..., AlertmanagerProcess]:
+    """Make (not start) an Alertmanager whose only receiver is `webhook_url`
+    (bearer auth), or `make(receiver={...})` for another receiver config."""
+    counter = 0
 
-    def make(webhook_url: str) -> AlertmanagerProcess:
-        return procs.add(AlertmanagerProcess(tmp_path=tmp_path, webhook_url=webhook_url))  # type: ignore[return-value]
+    def make(
+        webhook_url: str | None = None,
+        *,
+        receiver: Mapping[str, Any] | None = None,
+    ) -> AlertmanagerProcess:
+        nonlocal counter
+        counter += 1
+        name = "alertmanager" if counter == 1 else f"alertmanager{counter}"
+        am = AlertmanagerProcess(
+            tmp_path=tmp_path, webhook_url=webhook_url, receiver=receiver, name=name
+        )
+        return procs.add(am)  # type: ignore[return-value]
 
     return make
 

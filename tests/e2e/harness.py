@@ -244,37 +244,70 @@ class ProcessRegistry:
 
 
 class DaemonProcess(ManagedProcess):
-    """`python -m daemon run` on its own port and SQLite file."""
+    """`python -m daemon run` on its own port and SQLite file.
 
-    def __init__(self, *, tmp_path: Path, name: str = "incidentd") -> None:
+    By default it runs the shipped example config with the admin and
+    Alertmanager tokens in its environment. A test that needs other
+    integrations passes `config`: a mapping (written as YAML to
+    `tmp_path/<name>.yaml`; start from `example_config()`) or the path of a
+    YAML file. `env` adds variables (e.g. `INCIDENTD_PAGERDUTY_ROUTING_KEY`)
+    on top of those, and may override them. Nothing `INCIDENTD_*` leaks in
+    from the environment pytest runs in.
+    """
+
+    def __init__(
+        self,
+        *,
+        tmp_path: Path,
+        name: str = "incidentd",
+        config: Mapping[str, Any] | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.db_path = tmp_path / f"{name}.db"
         self.base_url = f"http://{LOOPBACK}:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENTD_")}
-        env.update(
+        if config is None:
+            self.config_path = EXAMPLE_CONFIG
+        elif isinstance(config, Path):
+            self.config_path = config
+        else:
+            self.config_path = tmp_path / f"{name}.yaml"
+            self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENTD_")}
+        child_env.update(
             INCIDENTD_API_TOKEN=ADMIN_TOKEN,
             INCIDENTD_ALERTMANAGER_TOKEN=INTEGRATION_TOKEN,
             PYTHONUNBUFFERED="1",
         )
+        child_env.update(env or {})
         argv = [
             sys.executable,
             "-m",
             "daemon",
             "run",
             "--config",
-            str(EXAMPLE_CONFIG),
+            str(self.config_path),
             "--listen",
             f"{LOOPBACK}:{self.port}",
             "--database-url",
             f"sqlite+aiosqlite:///{self.db_path}",
         ]
         super().__init__(
-            name=name, argv=argv, log_path=tmp_path / f"{name}.log", env=env, cwd=REPO_ROOT
+            name=name, argv=argv, log_path=tmp_path / f"{name}.log", env=child_env, cwd=REPO_ROOT
         )
+
+    def integration_url(self, integration: str) -> str:
+        """`POST /api/v1/alerts/{integration}`."""
+        return f"{self.base_url}/api/v1/alerts/{integration}"
+
+    @property
+    def pagerduty_events_url(self) -> str:
+        """PagerDuty Events API v2 (`routing_key` in the body picks the integration)."""
+        return f"{self.base_url}/v2/enqueue"
 
     @property
     def alertmanager_webhook_url(self) -> str:
-        return f"{self.base_url}/api/v1/alerts/alertmanager"
+        return self.integration_url("alertmanager")
 
     async def start(self) -> DaemonProcess:
         self.spawn()
@@ -298,14 +331,55 @@ class DaemonProcess(ManagedProcess):
         return await self.start()
 
 
-class AlertmanagerProcess(ManagedProcess):
-    """Debian's `prometheus-alertmanager`, routing everything to one webhook."""
+def webhook_receiver(
+    url: str,
+    *,
+    bearer: str | None = None,
+    basic: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """An Alertmanager receiver (without its name) posting `webhook_configs` to
+    `url`, with `send_resolved` and bearer or basic (username, password) auth."""
+    http_config: dict[str, Any] = {}
+    if bearer is not None:
+        http_config["authorization"] = {"type": "Bearer", "credentials": bearer}
+    if basic is not None:
+        http_config["basic_auth"] = {"username": basic[0], "password": basic[1]}
+    webhook: dict[str, Any] = {"url": url, "send_resolved": True}
+    if http_config:
+        webhook["http_config"] = http_config
+    return {"webhook_configs": [webhook]}
 
-    def __init__(self, *, tmp_path: Path, webhook_url: str, token: str = INTEGRATION_TOKEN) -> None:
+
+def pagerduty_receiver(url: str, routing_key: str) -> dict[str, Any]:
+    """An Alertmanager receiver (without its name) sending PagerDuty Events v2 to
+    `url` (instead of events.pagerduty.com) with `routing_key`, and resolutions."""
+    return {"pagerduty_configs": [{"url": url, "routing_key": routing_key, "send_resolved": True}]}
+
+
+class AlertmanagerProcess(ManagedProcess):
+    """Debian's `prometheus-alertmanager`, routing every alert to one receiver.
+
+    The receiver is a bearer-authenticated webhook to `webhook_url` unless
+    `receiver` gives its config (see `webhook_receiver`, `pagerduty_receiver`).
+    Alerts are grouped by `alertname`, with 1 s group wait and interval.
+    """
+
+    def __init__(
+        self,
+        *,
+        tmp_path: Path,
+        webhook_url: str | None = None,
+        token: str = INTEGRATION_TOKEN,
+        receiver: Mapping[str, Any] | None = None,
+        name: str = "alertmanager",
+    ) -> None:
         binary = require_binary("prometheus-alertmanager")
+        if receiver is None:
+            assert webhook_url, "give webhook_url or receiver"
+            receiver = webhook_receiver(webhook_url, bearer=token)
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
-        workdir = tmp_path / "alertmanager"
+        workdir = tmp_path / name
         (workdir / "data").mkdir(parents=True, exist_ok=True)
         config = {
             "route": {
@@ -315,20 +389,7 @@ class AlertmanagerProcess(ManagedProcess):
                 "group_interval": "1s",
                 "repeat_interval": "1h",
             },
-            "receivers": [
-                {
-                    "name": "incidentd",
-                    "webhook_configs": [
-                        {
-                            "url": webhook_url,
-                            "send_resolved": True,
-                            "http_config": {
-                                "authorization": {"type": "Bearer", "credentials": token}
-                            },
-                        }
-                    ],
-                }
-            ],
+            "receivers": [{"name": "incidentd", **receiver}],
         }
         self.config_path = workdir / "alertmanager.yml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -340,12 +401,52 @@ class AlertmanagerProcess(ManagedProcess):
             "--cluster.listen-address=",
             "--log.level=info",
         ]
-        super().__init__(name="alertmanager", argv=argv, log_path=workdir / "alertmanager.log")
+        super().__init__(name=name, argv=argv, log_path=workdir / "alertmanager.log")
 
     async def start(self) -> AlertmanagerProcess:
         self.spawn()
         await self.wait_http_ok(f"{self.url}/-/ready")
         return self
+
+    async def amtool_add(
+        self,
+        labels: Mapping[str, str],
+        *,
+        annotations: Mapping[str, str] | None = None,
+        end: str | None = None,
+    ) -> str:
+        """`amtool alert add` against this Alertmanager; its output. `end`
+        (RFC 3339) in the past or now resolves an alert with the same labels."""
+        amtool = require_binary("amtool")
+        argv = [amtool, f"--alertmanager.url={self.url}", "alert", "add"]
+        argv += [f"{k}={v}" for k, v in labels.items()]
+        argv += [f"--annotation={k}={v}" for k, v in (annotations or {}).items()]
+        if end is not None:
+            argv.append(f"--end={end}")
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            pytest.fail(f"{argv} did not finish within 30 s\n{self.describe(40)}", pytrace=False)
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            pytest.fail(
+                f"{argv} exited {proc.returncode}: {text}\n{self.describe(40)}", pytrace=False
+            )
+        return text
+
+    async def metrics_text(self, session: aiohttp.ClientSession) -> str:
+        async with session.get(f"{self.url}/metrics") as resp:
+            text = await resp.text()
+            assert resp.status == 200, f"GET {self.url}/metrics answered {resp.status}"
+            return text
 
 
 class PrometheusProcess(ManagedProcess):
@@ -574,6 +675,14 @@ class IncidentdClient:
 
 # --------------------------------------------------------------------------
 # payloads and metrics
+
+
+def example_config() -> dict[str, Any]:
+    """A fresh copy of the shipped example config, for a test to extend and
+    pass to `DaemonProcess(config=...)`."""
+    loaded = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    assert isinstance(loaded, dict), EXAMPLE_CONFIG
+    return loaded
 
 
 def fixture_bytes(name: str) -> bytes:
