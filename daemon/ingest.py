@@ -152,7 +152,9 @@ class IngestWriter:
         return taken
 
     async def _commit_next_batch(self) -> None:
-        taken = self._take_batch()
+        await self._commit(self._take_batch())
+
+    async def _commit(self, taken: list[_Pending]) -> None:
         batch = [a for p in taken for a in p.alerts]
         started = time.perf_counter()
         try:
@@ -162,8 +164,14 @@ class IngestWriter:
             log.warning("store unavailable; alerts refused", reason=str(err), alerts=len(batch))
             _fail(taken, err)
             return
-        except Exception as err:  # a bug: answer 500 for this batch, keep the writer alive
-            log.exception("ingest batch failed", alerts=len(batch))
+        except Exception as err:
+            if len(taken) > 1:
+                # One request's alerts broke the shared transaction: commit each
+                # request alone, so only the culprit fails, not its neighbours.
+                for pending in taken:
+                    await self._commit([pending])
+                return
+            log.exception("ingest batch failed", alerts=len(batch))  # a bug: 500, writer lives
             _fail(taken, err)
             return
         metrics.INGEST_DURATION.observe(time.perf_counter() - started)

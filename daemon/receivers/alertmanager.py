@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -12,7 +11,7 @@ from daemon.correlation.fingerprint import label_fingerprint
 from daemon.errors import InvalidInput
 from daemon.models import Alert, AlertEvent, AlertStatus, Link, Severity
 from daemon.receivers.normalize import Limits
-from daemon.receivers.validation import invalid_input
+from daemon.receivers.validation import Timestamp, invalid_input
 
 log = structlog.get_logger("incidentd.receivers")
 
@@ -30,10 +29,10 @@ class WebhookAlert(_Payload):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
-    endsAt: datetime | None = None
+    startsAt: Timestamp
+    endsAt: Timestamp | None = None
     generatorURL: str = ""
-    fingerprint: str = ""
+    fingerprint: str = Field(default="", max_length=255)
 
 
 class WebhookMessage(_Payload):

@@ -30,6 +30,7 @@ from daemon.models import AlertEvent, ChangeRecord
 from daemon.receivers import Parser, pagerduty
 from daemon.receivers.auth import Credentials, matches_any
 from daemon.receivers.normalize import Defaults
+from daemon.receivers.validation import reject_nul
 
 
 class AlertSink(Protocol):
@@ -109,6 +110,7 @@ class Intake:
                     creds.check(request.headers.get("Authorization"))
                 body = await read_body(request, integration.max_body_bytes)
             signature = creds.check_request(request.headers, body)
+            reject_nul(body)
             events = integration.defaults.apply(integration.parser.parse(body))
             await self._alerts.submit(events, overload_status=503)
         except UserError as err:
@@ -129,6 +131,7 @@ class Intake:
         """PagerDuty answers in its own shape, and clients retry 429, so overload is 429."""
         try:
             body = await read_body(request, _pd_limit(candidates))
+            reject_nul(body)
             event = pagerduty.parse_event(body)
             integration = _by_routing_key(candidates, event.routing_key)
             dedup_key = event.dedup_key or pagerduty.new_dedup_key()
@@ -144,6 +147,7 @@ class Intake:
     async def pagerduty_change(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await read_body(request, _pd_limit(self._pagerduty))
+            reject_nul(body)
             event = pagerduty.parse_change(body)
             integration = _by_routing_key(self._pagerduty, event.routing_key)
             await self._changes.record(

@@ -9,7 +9,7 @@ labels, else of the summary.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from pydantic import (
@@ -27,7 +27,7 @@ from daemon.correlation.fingerprint import label_fingerprint
 from daemon.errors import InvalidInput
 from daemon.models import Alert, AlertEvent, AlertStatus, Link, Severity
 from daemon.receivers.normalize import Limits
-from daemon.receivers.validation import invalid_input
+from daemon.receivers.validation import JsonValue, Timestamp, invalid_input
 
 SOURCE = "generic"
 
@@ -60,15 +60,15 @@ class GenericAlert(BaseModel):
                     "Default: a hash of the labels, else of the summary.")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: datetime | None = Field(default=None, description="RFC 3339; default: now.")
-    ends_at: datetime | None = None
+    starts_at: Timestamp | None = Field(default=None, description="RFC 3339; default: now.")
+    ends_at: Timestamp | None = None
     generator_url: str | None = Field(default=None, max_length=4096)
     group: str | None = Field(
         default=None, max_length=1024,
         description="Alerts of one group open one incident. Default: the alert alone.")
     ci: str | None = Field(default=None, max_length=255, description="CI id this alert is about.")
     links: list[GenericLink] = Field(default_factory=list, max_length=50)
-    details: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _identifiable(self) -> GenericAlert:

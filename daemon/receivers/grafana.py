@@ -40,7 +40,7 @@ class GrafanaAlert(WebhookAlert):
 class GrafanaMessage(WebhookMessage):
     version: str = "1"
     alerts: list[GrafanaAlert]  # type: ignore[assignment]
-    orgId: int | None = None
+    orgId: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     title: str = ""
     state: str = ""
     message: str = Field(default="", repr=False)

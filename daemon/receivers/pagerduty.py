@@ -7,7 +7,6 @@ Any tool that can page PagerDuty can send here unchanged: Alertmanager's
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,6 +22,7 @@ from daemon.models import (
     Link,
     Severity,
 )
+from daemon.receivers.validation import JsonValue, Timestamp
 
 SOURCE = "pagerduty"
 # PagerDuty's own limit on an event body.
@@ -49,11 +49,11 @@ class PDPayload(_Model):
     summary: str = Field(min_length=1, max_length=1024)
     source: str = Field(min_length=1, max_length=255)
     severity: Literal["critical", "error", "warning", "info"]
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     component: str | None = Field(default=None, max_length=255)
     group: str | None = Field(default=None, max_length=255)
     class_: str | None = Field(default=None, alias="class", max_length=255)
-    custom_details: Any = None
+    custom_details: JsonValue = None
 
 
 class PDEvent(_Model):
@@ -91,8 +91,8 @@ class PDEvent(_Model):
 class PDChangePayload(_Model):
     summary: str = Field(min_length=1, max_length=1024)
     source: str | None = Field(default=None, max_length=255)
-    timestamp: datetime | None = None
-    custom_details: Any = None
+    timestamp: Timestamp | None = None
+    custom_details: JsonValue = None
 
 
 class PDChangeEvent(_Model):
