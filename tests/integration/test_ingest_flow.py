@@ -208,3 +208,23 @@ async def test_writer_refuses_beyond_its_bound_and_while_closing(
     with pytest.raises(Overloaded):
         await writer.submit([alert("e")])
     assert len((await all_incidents(store))[0].alerts) == 2
+
+
+async def test_a_request_that_breaks_its_batch_fails_alone(
+    store: Store, clock: FakeClock
+) -> None:
+    import asyncio
+
+    writer = IngestWriter(store=store, clock=clock, max_queued_alerts=100,
+                          max_batch_alerts=100, retry_after_seconds=1)
+    # A value no receiver lets through any more: the store refuses naive times.
+    broken = replace(alert("bad"), starts_at=datetime(2026, 1, 1))
+    submits = [writer.submit([alert("a")]), writer.submit([broken]), writer.submit([alert("b")])]
+    tasks = [asyncio.create_task(s) for s in submits]
+    await asyncio.sleep(0)
+    writer.start()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await writer.stop()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], Exception)
+    assert sorted(a.fingerprint for i in await all_incidents(store) for a in i.alerts) == ["a", "b"]
