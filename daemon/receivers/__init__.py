@@ -13,6 +13,7 @@ from daemon.models import AlertEvent
 
 
 class Parser(Protocol):
-    source: str
+    @property
+    def source(self) -> str: ...
 
     def parse(self, body: bytes) -> list[AlertEvent]: ...

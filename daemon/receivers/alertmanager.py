@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,13 +49,12 @@ class WebhookMessage(_Payload):
     alerts: list[WebhookAlert]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlertmanagerParser:
-    source = SOURCE
-
-    def __init__(self, *, integration: str, default_severity: Severity, limits: Limits) -> None:
-        self.integration = integration
-        self.default_severity = default_severity
-        self.limits = limits
+    integration: str
+    default_severity: Severity
+    limits: Limits
+    source: ClassVar[str] = SOURCE
 
     def parse(self, body: bytes) -> list[AlertEvent]:
         try:

@@ -7,7 +7,8 @@ silence, dashboard, panel and image URLs, which we keep as links.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError
 
@@ -46,13 +47,12 @@ class GrafanaMessage(WebhookMessage):
     message: str = Field(default="", repr=False)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GrafanaParser:
-    source = SOURCE
-
-    def __init__(self, *, integration: str, default_severity: Severity, limits: Limits) -> None:
-        self.integration = integration
-        self.default_severity = default_severity
-        self.limits = limits
+    integration: str
+    default_severity: Severity
+    limits: Limits
+    source: ClassVar[str] = SOURCE
 
     def parse(self, body: bytes) -> list[AlertEvent]:
         try:
