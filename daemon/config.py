@@ -166,6 +166,9 @@ class IntegrationConfig(_Strict):
     default_severity: Literal["critical", "error", "warning", "info"] = "warning"
     defaults: IntegrationDefaults = IntegrationDefaults()
     limits: ReceiverLimits = ReceiverLimits()
+    # Alerts bound to no CI open one incident per distinct value of these labels
+    # (like Alertmanager's group_by); unset: the source's own grouping.
+    group_by: list[str] | None = None
 
     @model_validator(mode="after")
     def _credentials_fit_type(self) -> IntegrationConfig:
@@ -180,6 +183,49 @@ class IntegrationConfig(_Strict):
         return self
 
 
+class CmdbConfig(_Strict):
+    """CMDB files (YAML or JSON, `cis: [...]`) loaded at start, on SIGHUP and on reload."""
+
+    files: list[Path] = Field(default_factory=list)
+
+
+class BindingRule(_Strict):
+    """Binds an alert to a CI: when `match` holds, `ci` (a template) names the CI id.
+
+    `match` takes Alertmanager-style matchers: `name="v"`, `name!="v"`,
+    `name=~"regex"`, `name!~"regex"`. The first rule naming a known CI wins.
+    """
+
+    match: list[str] = Field(default_factory=list)
+    sources: list[str] | None = None
+    ci: str
+
+
+def _default_binding() -> list[BindingRule]:
+    return [
+        BindingRule(ci="{{ labels.ci }}"),
+        BindingRule(ci="{{ labels.instance | strip_port }}"),
+        BindingRule(sources=["pagerduty"], ci="{{ labels.component }}"),
+        BindingRule(sources=["pagerduty"], ci="{{ labels.source }}"),
+    ]
+
+
+class CorrelationConfig(_Strict):
+    # An open incident takes a related alert only if it had activity this recently.
+    window_seconds: int = Field(default=600, gt=0)
+    # How many dependency hops away an alert's CI may be from an incident's CIs.
+    max_depth: int = Field(default=3, ge=1, le=20)
+    # Two CIs that share a dependency are related (siblings); a dependency with
+    # more dependents than `max_fanout` (a core switch, DNS) does not relate them.
+    join_siblings: bool = True
+    max_fanout: int = Field(default=50, ge=1)
+    # An alert that changes state more than `flapping_changes` times within
+    # `flapping_window_seconds` is flapping: its new firings open nothing new.
+    flapping_changes: int = Field(default=6, ge=2)
+    flapping_window_seconds: int = Field(default=3600, gt=0)
+    binding: list[BindingRule] = Field(default_factory=_default_binding)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -191,6 +237,8 @@ class Config(_Strict):
     ingest: IngestConfig = IngestConfig()
     api: ApiConfig = ApiConfig()
     integrations: list[IntegrationConfig] = Field(default_factory=list)
+    cmdb: CmdbConfig = CmdbConfig()
+    correlation: CorrelationConfig = CorrelationConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -216,3 +216,25 @@ class ChangeRecord:
     occurred_at: datetime
     details: dict[str, Any] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigurationItem:
+    """A CMDB record. A business service is a CI of type `service`."""
+
+    id: str
+    name: str
+    type: str
+    service: str | None = None  # id of the business-service CI it belongs to
+    owner_group: str | None = None
+    criticality: int = 3  # 1 (highest) .. 5
+    environment: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()  # ids of the CIs this one needs
+
+    @property
+    def is_service(self) -> bool:
+        return self.type == SERVICE_TYPE
+
+
+SERVICE_TYPE = "service"

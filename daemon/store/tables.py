@@ -60,6 +60,7 @@ alerts = sa.Table(
     sa.Column("links", sa.JSON(), nullable=False, server_default="[]"),
     sa.Column("details", sa.JSON(), nullable=False, server_default="{}"),
     sa.Column("occurrences", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("flapping", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("first_seen", UTCDateTime(), nullable=False),
     sa.Column("last_seen", UTCDateTime(), nullable=False),
     sa.Column("resolved_at", UTCDateTime(), nullable=True),
@@ -73,6 +74,7 @@ alerts = sa.Table(
         postgresql_where=sa.text("status = 'firing'"),
     ),
     sa.Index("ix_alerts_status_id", "status", "id"),
+    sa.Index("ix_alerts_identity_first_seen", "source", "fingerprint", "first_seen"),
 )
 
 incidents = sa.Table(
@@ -86,6 +88,10 @@ incidents = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("acknowledged_at", UTCDateTime(), nullable=True),
     sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.Column("root_cause_ci", sa.String(255), nullable=True),
+    sa.Column("impacted_cis", sa.JSON(), nullable=False, server_default="[]"),
+    sa.Column("impacted_services", sa.JSON(), nullable=False, server_default="[]"),
+    sa.Column("merged_into", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
     sa.Index("ix_incidents_status_id", "status", "id"),
     sa.Index("ix_incidents_group_key_status", "group_key", "status"),
 )
@@ -141,4 +147,30 @@ changes = sa.Table(
     sa.Column("details", sa.JSON(), nullable=False),
     sa.Column("links", sa.JSON(), nullable=False),
     sa.Index("ix_changes_occurred_at", "occurred_at"),
+)
+
+cis = sa.Table(
+    "cis",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("service", sa.String(255), nullable=True),
+    sa.Column("owner_group", sa.String(255), nullable=True),
+    sa.Column("criticality", sa.Integer(), nullable=False),
+    sa.Column("environment", sa.String(64), nullable=True),
+    sa.Column("attributes", sa.JSON(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_cis_type", "type"),
+    sa.Index("ix_cis_service", "service"),
+)
+
+# `ci_id` depends on `depends_on`. No foreign keys: a whole-file import is
+# validated before it is written, and edges are replaced with their CI.
+ci_edges = sa.Table(
+    "ci_edges",
+    metadata,
+    sa.Column("ci_id", sa.String(255), primary_key=True),
+    sa.Column("depends_on", sa.String(255), primary_key=True),
+    sa.Index("ix_ci_edges_depends_on", "depends_on"),
 )
