@@ -23,7 +23,11 @@ from daemon.api.incidents import IncidentRoutes
 from daemon.api.responses import errors_middleware
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
-from daemon.ingest import IngestWriter
+from daemon.correlation.binding import Binder, compile_rules
+from daemon.correlation.engine import Correlator
+from daemon.correlation.flapping import FlapDetector
+from daemon.correlation.topology import TopologyHolder
+from daemon.ingest import IngestWriter, Pipeline
 from daemon.itsm.actions import Actions
 from daemon.itsm.changes import ChangeRecorder
 from daemon.receivers.auth import Credentials
@@ -42,6 +46,7 @@ class Components:
     writer: IngestWriter
     health: HealthRoutes
     app: web.Application
+    topology: TopologyHolder
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -52,6 +57,22 @@ def api_credentials(config: Config) -> Credentials:
             "keep it stable)", generated_token=resolved.generated,
         )
     return Credentials(bearer=resolved.values)
+
+
+def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock) -> Pipeline:
+    """The ingest stages, in order: bind → dedup → flapping → correlation → incidents."""
+    corr = config.correlation
+    return Pipeline(
+        binder=Binder(compile_rules(corr.binding), topology),
+        correlator=Correlator(
+            config=corr, topology=topology,
+            group_by={i.name: i.group_by for i in config.integrations if i.group_by is not None},
+        ),
+        flapping=FlapDetector(changes=corr.flapping_changes,
+                              window_seconds=corr.flapping_window_seconds),
+        topology=topology,
+        clock=clock,
+    )
 
 
 def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
@@ -83,8 +104,9 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         await migrate.upgrade(store)
     async with store.read() as conn:
         metrics.set_open_incidents(await incident_store.count_open_by_severity(conn))
+    topology = TopologyHolder()
     writer = IngestWriter(
-        store=store, clock=clock,
+        store=store, pipeline=build_pipeline(config, topology, clock),
         max_queued_alerts=config.ingest.max_queued_alerts,
         max_batch_alerts=config.ingest.max_batch_alerts,
         retry_after_seconds=config.ingest.retry_after_seconds,
@@ -92,7 +114,7 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     writer.start()
     health = HealthRoutes(store=store)
     app = build_app(config, store=store, clock=clock, writer=writer, health=health)
-    return Components(store=store, writer=writer, health=health, app=app)
+    return Components(store=store, writer=writer, health=health, app=app, topology=topology)
 
 
 async def stop(components: Components) -> None:

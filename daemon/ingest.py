@@ -14,15 +14,20 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon import metrics
 from daemon.clock import Clock
-from daemon.correlation import dedup, engine
+from daemon.correlation import dedup
+from daemon.correlation.binding import Binder
+from daemon.correlation.engine import Correlator, Placed
+from daemon.correlation.flapping import FlapDetector
+from daemon.correlation.topology import TopologyHolder
 from daemon.errors import Overloaded
-from daemon.itsm import incidents
+from daemon.itsm import impact, incidents
 from daemon.itsm.incidents import Transition
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
@@ -37,26 +42,49 @@ class BatchResult:
     repeated: Counter[str] = field(default_factory=Counter)
 
 
-async def process_batch(
-    conn: AsyncConnection, batch: Sequence[AlertEvent], clock: Clock
-) -> BatchResult:
-    """Run the pipeline for a batch inside the caller's transaction."""
-    now = clock.now()
-    result = BatchResult()
-    result.received.update(
-        (e.source, e.status.value if isinstance(e, Alert) else "acknowledge") for e in batch
-    )
-    for group in dedup.rounds(batch):
-        outcome = await dedup.apply(conn, group, now)
-        result.repeated.update(a.source for a in outcome.repeated)
-        plan = await engine.correlate(conn, outcome.new)
-        result.transitions += await incidents.open_incidents(conn, plan.opens, now)
-        await incidents.attach_alerts(conn, plan.joins, now)
-        result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
-        result.transitions += await incidents.acknowledge_from_sources(
-            conn, outcome.acknowledged, now
+class Pipeline:
+    """bind → dedup → flapping → correlation → incidents → impact, in the caller's transaction."""
+
+    def __init__(self, *, binder: Binder, correlator: Correlator, flapping: FlapDetector,
+                 topology: TopologyHolder, clock: Clock) -> None:
+        self._binder = binder
+        self._correlator = correlator
+        self._flapping = flapping
+        self._topology = topology
+        self._clock = clock
+
+    async def process(self, conn: AsyncConnection, batch: Sequence[AlertEvent]) -> BatchResult:
+        now = self._clock.now()
+        result = BatchResult()
+        result.received.update(
+            (e.source, e.status.value if isinstance(e, Alert) else "acknowledge") for e in batch
         )
-    return result
+        for group in dedup.rounds(self._binder.bind(batch)):
+            outcome = await dedup.apply(conn, group, now)
+            result.repeated.update(a.source for a in outcome.repeated)
+            result.transitions += await self._place(conn, outcome.new, now)
+            result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
+            result.transitions += await incidents.acknowledge_from_sources(
+                conn, outcome.acknowledged, now
+            )
+        return result
+
+    async def _place(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime
+                     ) -> list[Transition]:
+        """Put new alerts into incidents: flapping ones back where they were, the rest
+        where correlation says; then work out root cause and impact again."""
+        if not new:
+            return []
+        split = await self._flapping.split(conn, new, now)
+        plan = await self._correlator.correlate(conn, split.steady, now)
+        opened = await incidents.open_incidents(conn, plan.opens, now)
+        await incidents.attach_alerts(conn, plan.joins, now)
+        await incidents.attach_alerts(conn, split.flapping, now, flapping=True)
+        merged = await incidents.merge_incidents(conn, plan.merges, now)
+        touched = {t.incident.id for t in opened} | set(plan.joins) | set(split.flapping)
+        touched |= {into for _, into in plan.merges}
+        await impact.refresh(conn, self._topology.current, touched, now)
+        return opened + merged
 
 
 @dataclass(slots=True)
@@ -72,13 +100,13 @@ class IngestWriter:
         self,
         *,
         store: Store,
-        clock: Clock,
+        pipeline: Pipeline,
         max_queued_alerts: int,
         max_batch_alerts: int,
         retry_after_seconds: int,
     ) -> None:
         self._store = store
-        self._clock = clock
+        self._pipeline = pipeline
         self._max_queued = max_queued_alerts
         self._max_batch = max_batch_alerts
         self._retry_after = retry_after_seconds
@@ -159,7 +187,7 @@ class IngestWriter:
         started = time.perf_counter()
         try:
             async with self._store.write() as conn:
-                result = await process_batch(conn, batch, self._clock)
+                result = await self._pipeline.process(conn, batch)
         except StoreUnavailable as err:
             log.warning("store unavailable; alerts refused", reason=str(err), alerts=len(batch))
             _fail(taken, err)

@@ -130,10 +130,19 @@ class IncidentStatus(enum.StrEnum):
     TRIGGERED = "triggered"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+    CLOSED = "closed"  # for now only as merged into another incident
 
     @property
     def is_open(self) -> bool:
-        return self is not IncidentStatus.RESOLVED
+        return self in OPEN_STATUSES
+
+
+class Role(enum.StrEnum):
+    """How an alert relates to its incident."""
+
+    ROOT_CAUSE = "root_cause"  # on the incident's root-cause CI
+    SYMPTOM = "symptom"  # on a CI that depends on it, or related to it
+    UNBOUND = "unbound"  # on no known CI; grouped by labels
 
 
 OPEN_STATUSES: tuple[IncidentStatus, ...] = (
@@ -148,6 +157,8 @@ class TimelineKind(enum.StrEnum):
     ALERT_RESOLVED = "alert_resolved"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+    MERGED = "merged"
+    ROOT_CAUSE_CHANGED = "root_cause_changed"
 
 
 SYSTEM_ACTOR = "incidentd"
@@ -184,6 +195,7 @@ class IncidentAlert:
     last_seen: datetime
     ci: str | None
     role: str
+    flapping: bool = False
     links: tuple[Link, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -198,6 +210,10 @@ class Incident:
     created_at: datetime
     acknowledged_at: datetime | None
     resolved_at: datetime | None
+    root_cause_ci: str | None = None
+    impacted_cis: tuple[str, ...] = ()
+    impacted_services: tuple[str, ...] = ()
+    merged_into: int | None = None
     alerts: tuple[IncidentAlert, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
 

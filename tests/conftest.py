@@ -105,3 +105,14 @@ async def empty(store: Store) -> None:
 
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / "alertmanager-0.25" / name).read_bytes()
+
+
+def make_pipeline(clock: FakeClock, topology: object = None, **correlation: object) -> Pipeline:
+    """The ingest pipeline as the daemon builds it, on a given graph and settings."""
+    from daemon.app import build_pipeline
+    from daemon.config import Config, CorrelationConfig
+    from daemon.correlation.topology import TopologyHolder
+
+    holder = topology if isinstance(topology, TopologyHolder) else TopologyHolder()
+    config = Config(correlation=CorrelationConfig.model_validate(correlation))
+    return build_pipeline(config, holder, clock)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from daemon.models import Incident, IncidentAlert, TimelineEntry
+from daemon.models import Incident, IncidentAlert, TimelineEntry, incident_key
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -28,6 +28,7 @@ def alert_json(a: IncidentAlert) -> dict[str, Any]:
         "last_seen": _ts(a.last_seen),
         "ci": a.ci,
         "role": a.role,
+        "flapping": a.flapping,
         "links": [{"href": link.href, "text": link.text} for link in a.links],
         "details": a.details,
     }
@@ -48,6 +49,10 @@ def incident_json(i: Incident, *, detail: bool = False) -> dict[str, Any]:
         "acknowledged_at": _ts(i.acknowledged_at),
         "resolved_at": _ts(i.resolved_at),
         "group_key": i.group_key,
+        "root_cause_ci": i.root_cause_ci,
+        "impacted_cis": list(i.impacted_cis),
+        "impacted_services": list(i.impacted_services),
+        "merged_into": incident_key(i.merged_into) if i.merged_into else None,
         "alerts": [alert_json(a) for a in i.alerts],
     }
     if detail:

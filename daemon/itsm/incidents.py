@@ -15,12 +15,15 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon import metrics
-from daemon.correlation.engine import Placed
+from daemon.correlation.engine import Group, Placed
 from daemon.errors import InvalidTransition, NotFound
 from daemon.models import (
+    OPEN_STATUSES,
     SYSTEM_ACTOR,
     Acknowledgement,
+    Alert,
     IncidentStatus,
+    Role,
     TimelineEntry,
     TimelineKind,
     incident_key,
@@ -46,27 +49,26 @@ class Transition:
 
 
 async def open_incidents(
-    conn: AsyncConnection, groups: Mapping[str, Sequence[Placed]], now: datetime
+    conn: AsyncConnection, groups: Sequence[Group], now: datetime
 ) -> list[Transition]:
-    """Open one incident per group; the first alert is its trigger."""
+    """Open one incident per group, titled after its most severe alert."""
     if not groups:
         return []
     specs = []
-    for group_key, members in groups.items():
-        lead = min(members, key=lambda m: m[0].severity.rank)[0]
-        specs.append(NewIncident(title=lead.summary, severity=lead.severity, group_key=group_key))
+    for group in groups:
+        lead = min(group.alerts, key=lambda m: m[0].severity.rank)[0]
+        specs.append(NewIncident(title=lead.summary, severity=lead.severity,
+                                 group_key=group.group_key))
     ids = await store.insert_incidents(conn, specs, now)
     links: list[tuple[int, int, str]] = []
     entries: list[tuple[int, TimelineEntry]] = []
-    for incident_id, members in zip(ids, groups.values(), strict=True):
-        links.extend(
-            (incident_id, alert_id, "trigger" if i == 0 else "member")
-            for i, (_, alert_id) in enumerate(members)
-        )
+    for incident_id, group in zip(ids, groups, strict=True):
+        links.extend((incident_id, alert_id, initial_role(a)) for a, alert_id in group.alerts)
+        first = group.alerts[0][0]
         entries.append((incident_id, TimelineEntry(
             at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.OPENED,
-            detail={"source": members[0][0].source, "group_key": members[0][0].group_key,
-                    "alerts": [a.fingerprint for a, _ in members]},
+            detail={"source": first.source, "group_key": group.group_key,
+                    "alerts": [a.fingerprint for a, _ in group.alerts]},
         )))
     await store.link_alerts(conn, links, now)
     await store.add_timeline(conn, entries)
@@ -81,18 +83,48 @@ async def open_incidents(
     ]
 
 
+def initial_role(alert: Alert) -> str:
+    """Until the root cause is worked out, a bound alert is a symptom."""
+    return Role.SYMPTOM if alert.ci_id else Role.UNBOUND
+
+
 async def attach_alerts(
-    conn: AsyncConnection, joins: Mapping[int, Sequence[Placed]], now: datetime
+    conn: AsyncConnection, joins: Mapping[int, Sequence[Placed]], now: datetime,
+    *, flapping: bool = False,
 ) -> None:
-    links = [(inc, alert_id, "member") for inc, members in joins.items() for _, alert_id in members]
+    links = [(inc, alert_id, initial_role(a)) for inc, members in joins.items()
+             for a, alert_id in members]
+    detail_extra = {"flapping": True} if flapping else {}
     entries = [
         (inc, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ALERT_ATTACHED,
-                            detail={"fingerprint": a.fingerprint, "summary": a.summary}))
+                            detail={"fingerprint": a.fingerprint, "summary": a.summary,
+                                    "ci": a.ci_id, **detail_extra}))
         for inc, members in joins.items()
         for a, _ in members
     ]
     await store.link_alerts(conn, links, now)
     await store.add_timeline(conn, entries)
+
+
+async def merge_incidents(
+    conn: AsyncConnection, merges: Sequence[tuple[int, int]], now: datetime
+) -> list[Transition]:
+    """Fold each incident into the older one an alert connected it to; it closes as merged."""
+    transitions = []
+    for from_id, into_id in merges:
+        await store.move_links(conn, from_id=from_id, into_id=into_id)
+        moved = await store.transition(
+            conn, [from_id], allowed_from=OPEN_STATUSES, to=IncidentStatus.CLOSED,
+            values={"merged_into": into_id, "resolved_at": now},
+        )
+        await store.add_timeline(conn, [
+            (from_id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.MERGED,
+                                    detail={"into": incident_key(into_id)})),
+            (into_id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.MERGED,
+                                    detail={"from": incident_key(from_id)})),
+        ])
+        transitions += [Transition(m, _was(m), How.AUTOMATIC) for m in moved]
+    return transitions
 
 
 async def resolve_cleared(
@@ -210,6 +242,8 @@ def record_metrics(transitions: Iterable[Transition]) -> None:
         elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at:
             waited = _seconds(inc.created_at, inc.acknowledged_at)
             metrics.TIME_TO_ACKNOWLEDGE.labels(sev).observe(waited)
+        elif inc.status is IncidentStatus.CLOSED:  # merged into another
+            metrics.INCIDENTS_OPEN.labels(sev).dec()
         elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at:
             metrics.INCIDENTS_OPEN.labels(sev).dec()
             metrics.INCIDENTS_RESOLVED.labels(sev, t.how.value).inc()

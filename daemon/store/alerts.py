@@ -175,3 +175,27 @@ async def list_alerts(
     if before_id is not None:
         query = query.where(alerts.c.id < before_id)
     return list(await conn.execute(query))
+
+
+async def prior_episodes(
+    conn: AsyncConnection, new: Sequence[tuple[Alert, int]], *, since: datetime
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """For new alerts, how often their identity fired before since `since`, and the
+    latest of those earlier alerts: (source, fingerprint) → (count, latest alert id)."""
+    if not new:
+        return {}
+    keys = [(a.source, a.fingerprint) for a, _ in new]
+    result = await conn.execute(
+        sa.select(alerts.c.source, alerts.c.fingerprint, sa.func.count(), sa.func.max(alerts.c.id))
+        .where(sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(keys),
+               alerts.c.first_seen >= since, alerts.c.id.not_in([i for _, i in new]))
+        .group_by(alerts.c.source, alerts.c.fingerprint)
+    )
+    return {(r[0], r[1]): (r[2], r[3]) for r in result}
+
+
+async def mark_flapping(conn: AsyncConnection, alert_ids: Sequence[int]) -> None:
+    if alert_ids:
+        await conn.execute(
+            sa.update(alerts).where(alerts.c.id.in_(alert_ids)).values(flapping=True)
+        )

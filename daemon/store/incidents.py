@@ -247,6 +247,7 @@ def alert_view(r: Any, *, role: str) -> IncidentAlert:
         last_seen=r.last_seen,
         ci=r.ci_id,
         role=role,
+        flapping=r.flapping,
         links=tuple(Link(href=x["href"], text=x.get("text", "")) for x in r.links),
         details=r.details,
     )
@@ -264,6 +265,90 @@ def _incident(
         created_at=row.created_at,
         acknowledged_at=row.acknowledged_at,
         resolved_at=row.resolved_at,
+        root_cause_ci=row.root_cause_ci,
+        impacted_cis=tuple(row.impacted_cis),
+        impacted_services=tuple(row.impacted_services),
+        merged_into=row.merged_into,
         alerts=members,
         timeline=history,
     )
+
+
+async def open_incident_cis(
+    conn: AsyncConnection, *, since: datetime
+) -> dict[int, tuple[datetime, datetime, set[str]]]:
+    """Open incidents active since `since` that have bound alerts:
+    id → (created_at, last activity, their alerts' CIs)."""
+    result = await conn.execute(
+        sa.select(incidents.c.id, incidents.c.created_at, alerts.c.ci_id,
+                  sa.func.max(alerts.c.last_seen).label("last_seen"))
+        .join(incident_alerts, incident_alerts.c.incident_id == incidents.c.id)
+        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+        .where(incidents.c.status.in_(_OPEN), alerts.c.ci_id.is_not(None))
+        .group_by(incidents.c.id, incidents.c.created_at, alerts.c.ci_id)
+    )
+    out: dict[int, tuple[datetime, datetime, set[str]]] = {}
+    for r in result:
+        created, last, cis = out.get(r.id, (r.created_at, r.last_seen, set()))
+        cis.add(r.ci_id)
+        out[r.id] = (created, max(last, r.last_seen), cis)
+    return {k: v for k, v in out.items() if v[1] >= since}
+
+
+async def move_links(conn: AsyncConnection, *, from_id: int, into_id: int) -> None:
+    await conn.execute(
+        sa.update(incident_alerts).where(incident_alerts.c.incident_id == from_id)
+        .values(incident_id=into_id)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAlert:
+    incident_id: int
+    alert_id: int
+    ci_id: str | None
+    firing: bool
+
+
+async def members(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[MemberAlert]:
+    ids = list(set(incident_ids))
+    if not ids:
+        return []
+    result = await conn.execute(
+        sa.select(incident_alerts.c.incident_id, alerts.c.id, alerts.c.ci_id, alerts.c.status)
+        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+        .where(incident_alerts.c.incident_id.in_(ids))
+    )
+    return [MemberAlert(r.incident_id, r.id, r.ci_id, r.status == AlertStatus.FIRING.value)
+            for r in result]
+
+
+async def root_causes(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict[int, str | None]:
+    result = await conn.execute(
+        sa.select(incidents.c.id, incidents.c.root_cause_ci)
+        .where(incidents.c.id.in_(list(set(incident_ids))))
+    )
+    return {r.id: r.root_cause_ci for r in result}
+
+
+async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of incident_id, root_cause_ci, impacted_cis, impacted_services."""
+    if rows:
+        await conn.execute(
+            sa.update(incidents).where(incidents.c.id == sa.bindparam("incident_id"))
+            .values(root_cause_ci=sa.bindparam("root"), impacted_cis=sa.bindparam("cis"),
+                    impacted_services=sa.bindparam("services")),
+            list(rows),
+        )
+
+
+async def set_roles(conn: AsyncConnection, roles: Sequence[tuple[int, int, str]]) -> None:
+    """(incident_id, alert_id, role) triples."""
+    if roles:
+        await conn.execute(
+            sa.update(incident_alerts)
+            .where(incident_alerts.c.incident_id == sa.bindparam("i"),
+                   incident_alerts.c.alert_id == sa.bindparam("a"))
+            .values(role=sa.bindparam("r")),
+            [{"i": i, "a": a, "r": r} for i, a, r in roles],
+        )

@@ -46,7 +46,7 @@ async def test_alertmanager_round_trip_and_manual_actions(client: TestClient) ->
     assert body["next_cursor"] is None
     assert (inc["key"], inc["status"], inc["severity"]) == ("INC-000001", "triggered", "critical")
     assert inc["alerts"][0]["fingerprint"] == "5362e3d39617e665"
-    assert inc["alerts"][0]["role"] == "trigger"
+    assert inc["alerts"][0]["role"] == "unbound"
 
     resp = await client.post(f"/api/v1/incidents/{inc['key']}/acknowledge",
                              json={"actor": "alice", "note": "looking"}, headers=ADMIN)

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import pytest
 
 from daemon.errors import InvalidTransition, NotFound, Overloaded
-from daemon.ingest import IngestWriter, process_batch
+from daemon.ingest import IngestWriter
 from daemon.itsm import incidents
 from daemon.models import Alert, AlertStatus, Incident, IncidentStatus, Severity, TimelineKind
 from daemon.store import Store, migrate
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as incident_store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, make_pipeline
 
 
 def alert(fp: str, *, status: str = "firing", group: str = "g1",
@@ -30,7 +30,7 @@ def alert(fp: str, *, status: str = "firing", group: str = "g1",
 
 async def ingest(store: Store, clock: FakeClock, *batch: Alert) -> None:
     async with store.write() as conn:
-        await process_batch(conn, batch, clock)
+        await make_pipeline(clock).process(conn, batch)
 
 
 async def all_incidents(store: Store) -> list[Incident]:
@@ -62,7 +62,7 @@ async def test_new_alert_opens_one_incident_and_repeats_only_count(
                                                    Severity.CRITICAL)
     assert inc.title == "a is down"
     [member] = inc.alerts
-    assert (member.occurrences, member.role) == (3, "trigger")
+    assert (member.occurrences, member.role) == (3, "unbound")
     assert member.annotations == {"summary": "still down"}
     assert member.last_seen == clock.now()
 
@@ -74,7 +74,7 @@ async def test_group_members_join_and_incident_resolves_when_all_clear(
     await ingest(store, clock, alert("c"))
     [inc] = await all_incidents(store)
     assert [(a.fingerprint, a.role) for a in inc.alerts] == [
-        ("a", "trigger"), ("b", "member"), ("c", "member")]
+        ("a", "unbound"), ("b", "unbound"), ("c", "unbound")]
     await ingest(store, clock, alert("a", status="resolved"), alert("b", status="resolved"))
     assert (await detail(store, inc.id)).status is IncidentStatus.TRIGGERED
     clock.advance(60)
@@ -179,7 +179,7 @@ async def test_writer_commits_concurrent_requests_in_shared_batches(
 ) -> None:
     import asyncio
 
-    writer = IngestWriter(store=store, clock=clock, max_queued_alerts=10_000,
+    writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=10_000,
                           max_batch_alerts=500, retry_after_seconds=3)
     writer.start()
     await asyncio.gather(*(writer.submit([alert(f"x{i}", group=f"g{i % 7}")])
@@ -195,7 +195,7 @@ async def test_writer_refuses_beyond_its_bound_and_while_closing(
 ) -> None:
     import asyncio
 
-    writer = IngestWriter(store=store, clock=clock, max_queued_alerts=3,
+    writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=3,
                           max_batch_alerts=10, retry_after_seconds=7)
     first = asyncio.create_task(writer.submit([alert("a"), alert("b")]))
     await asyncio.sleep(0)
@@ -215,7 +215,7 @@ async def test_a_request_that_breaks_its_batch_fails_alone(
 ) -> None:
     import asyncio
 
-    writer = IngestWriter(store=store, clock=clock, max_queued_alerts=100,
+    writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=100,
                           max_batch_alerts=100, retry_after_seconds=1)
     # A value no receiver lets through any more: the store refuses naive times.
     broken = replace(alert("bad"), starts_at=datetime(2026, 1, 1))

@@ -3,7 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from daemon.correlation.dedup import rounds
-from daemon.correlation.engine import plan
+from daemon.config import CorrelationConfig
+from daemon.correlation.engine import Correlator
+from daemon.correlation.topology import TopologyHolder
 from daemon.models import Alert, AlertStatus, Severity
 
 
@@ -26,8 +28,17 @@ def test_rounds_of_distinct_alerts_is_one_round() -> None:
     assert rounds(batch) == [batch]
 
 
-def test_plan_joins_open_groups_and_opens_the_rest() -> None:
+def test_unbound_alerts_join_open_groups_and_open_the_rest() -> None:
+    correlator = Correlator(config=CorrelationConfig(), topology=TopologyHolder(), group_by={})
     new = [(alert("a", group="g1"), 1), (alert("b", group="g2"), 2), (alert("c", group="g2"), 3)]
-    result = plan(new, {"g1": 10})
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    result = correlator.plan(new, bound={}, unbound={"g1": 10}, now=now)
     assert result.joins == {10: [new[0]]}
-    assert result.opens == {"g2": [new[1], new[2]]}
+    [opened] = result.opens
+    assert (opened.group_key, opened.alerts) == ("g2", [new[1], new[2]])
+
+
+def test_group_by_labels_per_integration() -> None:
+    correlator = Correlator(config=CorrelationConfig(), topology=TopologyHolder(),
+                            group_by={"am": ["alertname"]})
+    assert correlator.group_key(alert("x")) == "am:{alertname=x}"

@@ -1,0 +1,80 @@
+"""Root cause and business impact of incidents, from their alerts and the CMDB graph.
+
+The root cause is the most upstream CI with a firing alert: one that
+depends on no other firing CI of the incident. Among several, the one most
+of the others depend on, then the most critical. The impacted CIs are those
+that depend on it, transitively; the impacted services are the business
+services among them and those they belong to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.correlation.topology import Topology
+from daemon.models import SYSTEM_ACTOR, Role, TimelineEntry, TimelineKind
+from daemon.store import incidents as store
+from daemon.store.incidents import MemberAlert
+
+# Bounds the impact list of a root cause deep in a huge graph (a core switch).
+MAX_IMPACTED = 10_000
+
+
+def root_cause(topology: Topology, cis: Iterable[str]) -> str | None:
+    present = {ci for ci in cis if ci in topology}
+    if not present:
+        return None
+    ups = {ci: topology.upstream(ci) for ci in present}
+    tops = [ci for ci in present if not (ups[ci] & (present - {ci}))] or sorted(present)
+
+    def weight(ci: str) -> tuple[int, int, str]:
+        below = sum(1 for other in present if ci in ups[other])
+        return (-below, topology.cis[ci].criticality, ci)
+
+    return min(tops, key=weight)
+
+
+def impact(topology: Topology, root: str | None) -> tuple[list[str], list[str]]:
+    if root is None or root not in topology:
+        return [], []
+    impacted = topology.downstream(root, limit=MAX_IMPACTED)
+    services = topology.services_of(impacted | {root})
+    return sorted(impacted), sorted(services)
+
+
+async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
+                  now: datetime) -> None:
+    """Recompute root cause, impact and alert roles of incidents whose alerts changed."""
+    ids = sorted(set(incident_ids))
+    if not ids:
+        return
+    by_incident: dict[int, list[MemberAlert]] = {i: [] for i in ids}
+    for member in await store.members(conn, ids):
+        by_incident[member.incident_id].append(member)
+    before = await store.root_causes(conn, ids)
+    rows, roles, entries = [], [], []
+    for incident_id, members in by_incident.items():
+        firing = [m.ci_id for m in members if m.firing and m.ci_id]
+        root = root_cause(topology, firing or [m.ci_id for m in members if m.ci_id])
+        impacted, services = impact(topology, root)
+        rows.append({"incident_id": incident_id, "root": root, "cis": impacted,
+                     "services": services})
+        roles += [(incident_id, m.alert_id, _role(m, root)) for m in members]
+        previous = before.get(incident_id)
+        if root != previous and previous is not None:
+            entries.append((incident_id, TimelineEntry(
+                at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ROOT_CAUSE_CHANGED,
+                detail={"from": previous, "to": root})))
+    await store.set_impact(conn, rows)
+    await store.set_roles(conn, roles)
+    await store.add_timeline(conn, entries)
+
+
+def _role(member: MemberAlert, root: str | None) -> str:
+    if member.ci_id is None:
+        return Role.UNBOUND
+    return Role.ROOT_CAUSE if member.ci_id == root else Role.SYMPTOM
+
