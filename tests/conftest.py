@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from daemon.ingest import Pipeline
 from daemon.store import Store, migrate
 from daemon.store.tables import metadata
 
