@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from dataclasses import dataclass
 
 import structlog
@@ -18,11 +19,12 @@ from sqlalchemy.engine import make_url
 from daemon import __version__, metrics
 from daemon.api.auth import api_token_middleware
 from daemon.api.changes import ChangeRoutes
+from daemon.api.cmdb import CmdbRoutes
 from daemon.api.health import HealthRoutes
 from daemon.api.incidents import IncidentRoutes
 from daemon.api.responses import errors_middleware
 from daemon.clock import Clock, SystemClock
-from daemon.config import Config
+from daemon.config import Config, ConfigError
 from daemon.correlation.binding import Binder, compile_rules
 from daemon.correlation.engine import Correlator
 from daemon.correlation.flapping import FlapDetector
@@ -30,6 +32,7 @@ from daemon.correlation.topology import TopologyHolder
 from daemon.ingest import IngestWriter, Pipeline
 from daemon.itsm.actions import Actions
 from daemon.itsm.changes import ChangeRecorder
+from daemon.itsm.cmdb import Cmdb, CmdbInvalid
 from daemon.receivers.auth import Credentials
 from daemon.receivers.endpoint import Intake
 from daemon.receivers.integrations import build_integrations
@@ -47,6 +50,7 @@ class Components:
     health: HealthRoutes
     app: web.Application
     topology: TopologyHolder
+    cmdb: Cmdb
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -76,7 +80,7 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock) -> Pi
 
 
 def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
-              health: HealthRoutes) -> web.Application:
+              health: HealthRoutes, cmdb: Cmdb) -> web.Application:
     intake = Intake(
         integrations=build_integrations(config, clock),
         alerts=writer,
@@ -91,6 +95,7 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
     app.add_routes(health.routes())
     app.add_routes(IncidentRoutes(store=store, actions=Actions(store=store, clock=clock)).routes())
     app.add_routes(ChangeRoutes(store=store).routes())
+    app.add_routes(CmdbRoutes(cmdb=cmdb, store=store).routes())
     app.add_routes(intake.routes())
     return app
 
@@ -105,6 +110,14 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     async with store.read() as conn:
         metrics.set_open_incidents(await incident_store.count_open_by_severity(conn))
     topology = TopologyHolder()
+    cmdb = Cmdb(store=store, clock=clock, topology=topology, files=config.cmdb.files)
+    try:
+        await cmdb.load_from_store()
+        if config.cmdb.files:
+            await cmdb.reload_files()
+    except CmdbInvalid as err:
+        await store.close()
+        raise ConfigError(err.describe()) from None
     writer = IngestWriter(
         store=store, pipeline=build_pipeline(config, topology, clock),
         max_queued_alerts=config.ingest.max_queued_alerts,
@@ -113,18 +126,26 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     )
     writer.start()
     health = HealthRoutes(store=store)
-    app = build_app(config, store=store, clock=clock, writer=writer, health=health)
-    return Components(store=store, writer=writer, health=health, app=app, topology=topology)
+    app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb)
+    return Components(store=store, writer=writer, health=health, app=app, topology=topology,
+                      cmdb=cmdb)
 
 
 async def stop(components: Components) -> None:
+    await components.cmdb.drain()
     await components.writer.stop()
     await components.store.close()
 
 
 async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; finish in-flight requests, commit queued alerts, exit 0."""
-    components = await start(config)
+    """Run until SIGTERM/SIGINT (SIGHUP reloads the CMDB files); finish in-flight requests,
+    commit queued alerts, exit 0."""
+    try:
+        components = await start(config)
+    except ConfigError as err:  # a bad CMDB file: said like any other config problem
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 2
     runner = web.AppRunner(
         components.app, handle_signals=False, access_log=None,
         shutdown_timeout=config.server.shutdown_timeout_seconds,
@@ -145,6 +166,7 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, components.cmdb.reload_in_background)
     await stopping.wait()
 
     log.info("shutting down: finishing in-flight requests")

@@ -1,9 +1,9 @@
 """Which incident a new alert belongs to: topology first, then labels.
 
 A new alert bound to a CI joins an open incident when its CI is related to
-one of the incident's CIs by dependency edges within `max_depth` hops — one
-depends on the other, or (with `join_siblings`) both depend on a shared CI
-that is not a hub — and the incident had activity within the window. An
+one of the incident's CIs — one depends on the other within `max_depth`
+hops, or (with `join_siblings`) both depend directly on a shared CI that is
+not a hub — and the incident had activity within the window. An
 alert related to several incidents merges them into the oldest. Unbound
 alerts group by labels (`group_by` per integration, else the source's own
 grouping). Anything else opens a new incident.
@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.config import CorrelationConfig
-from daemon.correlation.topology import Topology, TopologyHolder
+from daemon.correlation.topology import TopologyHolder
 from daemon.models import Alert
 from daemon.store import incidents as incident_store
 
@@ -38,7 +38,6 @@ class Group:
     last_activity: datetime
     group_key: str
     cis: set[str] = field(default_factory=set)
-    upstream: set[str] = field(default_factory=set)  # within max_depth of any of `cis`
     alerts: list[Placed] = field(default_factory=list)
     merged_into: int | None = None
 
@@ -79,57 +78,84 @@ class Correlator:
              bound: Mapping[int, tuple[datetime, datetime, set[str]]],
              unbound: Mapping[str, int], now: datetime) -> CorrelationPlan:
         """Decide for each new alert, in arrival order, against the open incidents."""
-        topology = self._topology.current
-        groups: dict[int, Group] = {}
-        for incident_id, (created, activity, cis) in bound.items():
-            group = Group(incident_id, created, activity, f"incident:{incident_id}", set(cis))
-            for ci in cis:
-                group.upstream |= self._up(topology, ci)
-            groups[incident_id] = group
+        index = self.index(bound)
         by_label = dict(unbound)
-        next_temp = -1
         for alert, alert_id in new:
             if alert.ci_id is None:
                 key = self.group_key(alert)
                 target_key = by_label.get(key)
                 if target_key is None:
-                    target_key = next_temp
-                    next_temp -= 1
-                    groups[target_key] = Group(target_key, now, now, key)
-                    by_label[key] = target_key
-                target = groups.setdefault(target_key, Group(target_key, now, now, key))
+                    target_key = by_label[key] = index.add_group(now, key).key
+                target = index.groups.setdefault(target_key, Group(target_key, now, now, key))
             else:
-                related = [g for g in groups.values() if g.merged_into is None
-                           and g.cis and self._related(topology, alert.ci_id, g)]
-                if not related:
-                    target = Group(next_temp, now, now, f"ci:{alert.ci_id}")
-                    groups[next_temp] = target
-                    next_temp -= 1
-                else:
-                    target = min(related, key=_age)
-                    for other in related:
-                        if other is not target:
-                            _absorb(target, other)
-                target.cis.add(alert.ci_id)
-                target.upstream |= self._up(topology, alert.ci_id)
+                target = self.decide(index, alert.ci_id, now)
             target.alerts.append((alert, alert_id))
             target.last_activity = now
-        return _plan_from(groups)
+        return _plan_from(index.groups)
 
-    def _up(self, topology: Topology, ci: str) -> set[str]:
-        return topology.upstream(ci, self._config.max_depth)
+    def index(self, bound: Mapping[int, tuple[datetime, datetime, set[str]]]) -> Index:
+        """The open incidents, indexed by their CIs and the CIs those depend on."""
+        index = Index()
+        for incident_id, (created, activity, cis) in bound.items():
+            group = Group(incident_id, created, activity, f"incident:{incident_id}")
+            index.groups[incident_id] = group
+            for ci in cis:
+                index.note(group, ci)
+        return index
 
-    def _related(self, topology: Topology, ci: str, group: Group) -> bool:
-        if ci in group.cis or ci in group.upstream:  # the same CI, or a dependency of one
-            return True
-        mine = self._up(topology, ci)
-        if mine & group.cis:  # depends on one of the incident's CIs
-            return True
-        if not self._config.join_siblings:
-            return False
-        limit = self._config.max_fanout
-        shared = mine & group.upstream
-        return any(len(topology.dependents(x)) <= limit for x in shared)
+    def decide(self, index: Index, ci: str, now: datetime) -> Group:
+        """The group a new alert on `ci` joins (merging what it connects), or a new one."""
+        topology = self._topology.current
+        depth = self._config.max_depth
+        owner = index.owner
+        found = set(owner.get(ci, ()))
+        for other in topology.upstream(ci, depth):
+            found |= owner.get(other, _NONE)  # it depends on one of the incident's CIs
+        for other in topology.downstream(ci, depth, limit=_DOWNSTREAM_LIMIT):
+            found |= owner.get(other, _NONE)  # one of the incident's CIs depends on it
+        if self._config.join_siblings:
+            for dep in topology.dependencies(ci):
+                # a direct dependency it shares with an incident's CI, unless a hub
+                if len(topology.dependents(dep)) <= self._config.max_fanout:
+                    for sibling in topology.dependents(dep):
+                        found |= owner.get(sibling, _NONE)
+        related = {index.find(k) for k in found}
+        if not related:
+            target = index.add_group(now, f"ci:{ci}")
+        else:
+            target = min((index.groups[k] for k in related), key=_age)
+            for key in related:
+                if key != target.key:
+                    _absorb(target, index.groups[key])
+        index.note(target, ci)
+        return target
+
+
+_NONE: frozenset[int] = frozenset()
+# A hub's dependents past this many are not searched for incidents to join.
+_DOWNSTREAM_LIMIT = 10_000
+
+
+@dataclass(slots=True)
+class Index:
+    groups: dict[int, Group] = field(default_factory=dict)
+    owner: dict[str, set[int]] = field(default_factory=dict)  # CI → groups alerting on it
+    next_temp: int = -1
+
+    def add_group(self, now: datetime, group_key: str) -> Group:
+        group = Group(self.next_temp, now, now, group_key)
+        self.groups[group.key] = group
+        self.next_temp -= 1
+        return group
+
+    def note(self, group: Group, ci: str) -> None:
+        group.cis.add(ci)
+        self.owner.setdefault(ci, set()).add(group.key)
+
+    def find(self, key: int) -> int:
+        while (into := self.groups[key].merged_into) is not None:
+            key = into
+        return key
 
 
 def _age(group: Group) -> tuple[int, datetime, int]:
@@ -139,7 +165,6 @@ def _age(group: Group) -> tuple[int, datetime, int]:
 
 def _absorb(into: Group, other: Group) -> None:
     into.cis |= other.cis
-    into.upstream |= other.upstream
     into.alerts.extend(other.alerts)
     other.alerts = []
     other.merged_into = into.key

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from daemon.models import ConfigurationItem
 
 _EMPTY: frozenset[str] = frozenset()
+_CACHE_LIMIT = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,11 @@ class Topology:
     # `up[x]`: what x depends on; `down[x]`: what depends on x.
     up: Mapping[str, frozenset[str]] = field(default_factory=dict)
     down: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Bounded upstream walks, memoised: the graph never changes once built.
+    _up_cache: dict[tuple[str, int], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False)
+    _down_cache: dict[tuple[str, int, int | None], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, items: Iterable[ConfigurationItem]) -> Topology:
@@ -46,14 +52,32 @@ class Topology:
     def __len__(self) -> int:
         return len(self.cis)
 
-    def upstream(self, ci_id: str, depth: int | None = None) -> set[str]:
+    def upstream(self, ci_id: str, depth: int | None = None) -> frozenset[str]:
         """Everything `ci_id` depends on, transitively, up to `depth` hops (None: all)."""
-        return self._walk(ci_id, self.up, depth)
+        if depth is None:
+            return frozenset(self._walk(ci_id, self.up, None))
+        key = (ci_id, depth)
+        found = self._up_cache.get(key)
+        if found is None:
+            if len(self._up_cache) >= _CACHE_LIMIT:
+                self._up_cache.clear()
+            found = self._up_cache[key] = frozenset(self._walk(ci_id, self.up, depth))
+        return found
+
+    def dependencies(self, ci_id: str) -> frozenset[str]:
+        """What `ci_id` depends on directly."""
+        return self.up.get(ci_id, _EMPTY)
 
     def downstream(self, ci_id: str, depth: int | None = None, limit: int | None = None
-                   ) -> set[str]:
-        """Everything that depends on `ci_id`, transitively."""
-        return self._walk(ci_id, self.down, depth, limit)
+                   ) -> frozenset[str]:
+        """Everything that depends on `ci_id`, transitively (at most `limit` of them)."""
+        key = (ci_id, -1 if depth is None else depth, limit)
+        found = self._down_cache.get(key)
+        if found is None:
+            if len(self._down_cache) >= _CACHE_LIMIT:
+                self._down_cache.clear()
+            found = self._down_cache[key] = frozenset(self._walk(ci_id, self.down, depth, limit))
+        return found
 
     def dependents(self, ci_id: str) -> frozenset[str]:
         return self.down.get(ci_id, _EMPTY)

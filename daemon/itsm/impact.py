@@ -23,18 +23,19 @@ from daemon.store.incidents import MemberAlert
 MAX_IMPACTED = 10_000
 
 
-def root_cause(topology: Topology, cis: Iterable[str]) -> str | None:
+def root_cause(topology: Topology, cis: Iterable[str], depth: int = 8) -> str | None:
+    """Dependencies further than `depth` hops apart are not compared (bounded cost)."""
     present = {ci for ci in cis if ci in topology}
     if not present:
         return None
-    ups = {ci: topology.upstream(ci) for ci in present}
-    tops = [ci for ci in present if not (ups[ci] & (present - {ci}))] or sorted(present)
-
-    def weight(ci: str) -> tuple[int, int, str]:
-        below = sum(1 for other in present if ci in ups[other])
-        return (-below, topology.cis[ci].criticality, ci)
-
-    return min(tops, key=weight)
+    below: dict[str, int] = dict.fromkeys(present, 0)  # how many others depend on it
+    has_upstream: set[str] = set()
+    for ci in present:
+        for dep in topology.upstream(ci, depth) & present:
+            below[dep] += 1
+            has_upstream.add(ci)
+    tops = (present - has_upstream) or present
+    return min(tops, key=lambda ci: (-below[ci], topology.cis[ci].criticality, ci))
 
 
 def impact(topology: Topology, root: str | None) -> tuple[list[str], list[str]]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from daemon.correlation.dedup import rounds
 from daemon.config import CorrelationConfig
+from daemon.correlation.dedup import rounds
 from daemon.correlation.engine import Correlator
 from daemon.correlation.topology import TopologyHolder
 from daemon.models import Alert, AlertStatus, Severity
