@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="bring the database schema up to date")
     with_config(mig)
 
+    rep = sub.add_parser(
+        "replay", help="run recorded alerts through correlation offline; print the incidents")
+    rep.add_argument("file", type=Path, help="JSON lines: {received_at, source, payload}")
+    rep.add_argument("--config", type=Path, default=None,
+                     help="configuration whose binding, correlation and integration settings "
+                          "apply (default: built-in defaults)")
+    rep.add_argument("--cmdb", type=Path, action="append", default=None,
+                     help="CMDB file (YAML or JSON); repeatable; default: the config's files")
+    rep.add_argument("--json", action="store_true", help="one incident JSON object per line")
+
     schema = sub.add_parser("schema", help="print a JSON Schema or the OpenAPI document")
     schema.add_argument("which", choices=["generic-alert", "openapi"])
     return parser
@@ -64,9 +74,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _check_config(path: Path | None) -> int:
     path = _config_path(path)
+    source = str(path or "<defaults>")
     try:
         config = load_config(path)
-        problems = _secret_file_problems(config, str(path or "<defaults>"))
+        problems = _secret_file_problems(config, source) + _correlation_problems(config, source)
     except ConfigError as err:
         problems = err.problems
     if problems:
@@ -99,6 +110,34 @@ def _secret_file_problems(config: Config, source: str) -> list[str]:
     return problems
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from daemon.itsm.cmdb import CmdbInvalid, read_files
+    from daemon.replay import incident_line, replay, summary_line
+
+    try:
+        config = load_config(args.config) if args.config else Config()
+        files = args.cmdb if args.cmdb is not None else config.cmdb.files
+        cis = read_files(files) if files else []
+        result = asyncio.run(replay(args.file, config=config, cis=cis))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except CmdbInvalid as err:
+        for problem in err.describe():
+            print(problem, file=sys.stderr)
+        return 2
+    for incident in result.incidents:
+        if args.json:
+            sys.stdout.buffer.write(incident_line(incident) + b"\n")
+        else:
+            print(summary_line(incident))
+    if not args.json:
+        print(f"{result.lines} lines, {result.alerts} alerts, "
+              f"{len(result.incidents)} incidents", file=sys.stderr)
+    return 0
+
+
 def _print_schema(which: str) -> int:
     import json
 
@@ -111,6 +150,23 @@ def _print_schema(which: str) -> int:
 
         print(json.dumps(GenericBody.model_json_schema(), indent=2))
     return 0
+
+
+def _correlation_problems(config: Config, source: str) -> list[str]:
+    """Binding rules must compile and the CMDB files must load, before the daemon starts."""
+    from daemon.correlation.binding import compile_rules
+    from daemon.itsm.cmdb import CmdbInvalid, read_files
+
+    problems: list[str] = []
+    try:
+        compile_rules(config.correlation.binding)
+    except ConfigError as err:
+        problems += [f"{source}: {p}" for p in err.problems]
+    try:
+        read_files(config.cmdb.files)
+    except CmdbInvalid as err:
+        problems += err.describe()
+    return problems
 
 
 async def _migrate(config: Config) -> int:
@@ -131,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "schema":
         return _print_schema(args.which)
+    if args.command == "replay":
+        return _replay(args)
     try:
         config = _load(args)
     except ConfigError as err:

@@ -28,6 +28,7 @@ from daemon.correlation.flapping import FlapDetector
 from daemon.correlation.topology import TopologyHolder
 from daemon.errors import Overloaded
 from daemon.itsm import impact, incidents
+from daemon.itsm.impact import SeverityRaised
 from daemon.itsm.incidents import Transition
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
@@ -40,6 +41,7 @@ class BatchResult:
     transitions: list[Transition] = field(default_factory=list)
     received: Counter[tuple[str, str]] = field(default_factory=Counter)
     repeated: Counter[str] = field(default_factory=Counter)
+    raised: list[SeverityRaised] = field(default_factory=list)
 
 
 class Pipeline:
@@ -62,7 +64,9 @@ class Pipeline:
         for group in dedup.rounds(self._binder.bind(batch)):
             outcome = await dedup.apply(conn, group, now)
             result.repeated.update(a.source for a in outcome.repeated)
-            result.transitions += await self._place(conn, outcome.new, now)
+            placed, raised = await self._place(conn, outcome.new, now)
+            result.transitions += placed
+            result.raised += raised
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
             result.transitions += await incidents.acknowledge_from_sources(
                 conn, outcome.acknowledged, now
@@ -70,11 +74,11 @@ class Pipeline:
         return result
 
     async def _place(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime
-                     ) -> list[Transition]:
+                     ) -> tuple[list[Transition], list[SeverityRaised]]:
         """Put new alerts into incidents: flapping ones back where they were, the rest
         where correlation says; then work out root cause and impact again."""
         if not new:
-            return []
+            return [], []
         split = await self._flapping.split(conn, new, now)
         plan = await self._correlator.correlate(conn, split.steady, now)
         opened = await incidents.open_incidents(conn, plan.opens, now)
@@ -83,8 +87,8 @@ class Pipeline:
         merged = await incidents.merge_incidents(conn, plan.merges, now)
         touched = {t.incident.id for t in opened} | set(plan.joins) | set(split.flapping)
         touched |= {into for _, into in plan.merges}
-        await impact.refresh(conn, self._topology.current, touched, now)
-        return opened + merged
+        raised = await impact.refresh(conn, self._topology.current, touched, now)
+        return opened + merged, raised
 
 
 @dataclass(slots=True)
@@ -222,6 +226,9 @@ def _record(result: BatchResult) -> None:
     for source, n in result.repeated.items():
         metrics.ALERTS_DEDUPLICATED.labels(source).inc(n)
     incidents.record_metrics(result.transitions)
+    for change in result.raised:
+        metrics.INCIDENTS_OPEN.labels(change.before.value).dec()
+        metrics.INCIDENTS_OPEN.labels(change.after.value).inc()
     for t in result.transitions:
         log.info(
             "incident opened" if t.previous is None else f"incident {t.incident.status.value}",

@@ -159,6 +159,7 @@ class TimelineKind(enum.StrEnum):
     RESOLVED = "resolved"
     MERGED = "merged"
     ROOT_CAUSE_CHANGED = "root_cause_changed"
+    SEVERITY_RAISED = "severity_raised"
 
 
 SYSTEM_ACTOR = "incidentd"

@@ -10,12 +10,13 @@ services among them and those they belong to.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.correlation.topology import Topology
-from daemon.models import SYSTEM_ACTOR, Role, TimelineEntry, TimelineKind
+from daemon.models import SYSTEM_ACTOR, Role, Severity, TimelineEntry, TimelineKind
 from daemon.store import incidents as store
 from daemon.store.incidents import MemberAlert
 
@@ -46,25 +47,40 @@ def impact(topology: Topology, root: str | None) -> tuple[list[str], list[str]]:
     return sorted(impacted), sorted(services)
 
 
+@dataclass(frozen=True, slots=True)
+class SeverityRaised:
+    incident_id: int
+    before: Severity
+    after: Severity
+
+
 async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
-                  now: datetime) -> None:
-    """Recompute root cause, impact and alert roles of incidents whose alerts changed."""
+                  now: datetime) -> list[SeverityRaised]:
+    """Recompute root cause, impact, alert roles and severity (it only ever rises)
+    of incidents whose alerts changed."""
     ids = sorted(set(incident_ids))
     if not ids:
-        return
+        return []
     by_incident: dict[int, list[MemberAlert]] = {i: [] for i in ids}
     for member in await store.members(conn, ids):
         by_incident[member.incident_id].append(member)
     before = await store.root_causes(conn, ids)
-    rows, roles, entries = [], [], []
+    rows, roles, entries, raised = [], [], [], []
     for incident_id, members in by_incident.items():
         firing = [m.ci_id for m in members if m.firing and m.ci_id]
         root = root_cause(topology, firing or [m.ci_id for m in members if m.ci_id])
         impacted, services = impact(topology, root)
+        previous, severity = before[incident_id]
+        worst = min((m.severity for m in members), key=lambda s: s.rank, default=severity)
+        if worst.rank < severity.rank:
+            raised.append(SeverityRaised(incident_id, severity, worst))
+            entries.append((incident_id, TimelineEntry(
+                at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.SEVERITY_RAISED,
+                detail={"from": severity.value, "to": worst.value})))
+            severity = worst
         rows.append({"incident_id": incident_id, "root": root, "cis": impacted,
-                     "services": services})
+                     "services": services, "sev": severity.value})
         roles += [(incident_id, m.alert_id, _role(m, root)) for m in members]
-        previous = before.get(incident_id)
         if root != previous and previous is not None:
             entries.append((incident_id, TimelineEntry(
                 at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ROOT_CAUSE_CHANGED,
@@ -72,6 +88,7 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
     await store.set_impact(conn, rows)
     await store.set_roles(conn, roles)
     await store.add_timeline(conn, entries)
+    return raised
 
 
 def _role(member: MemberAlert, root: str | None) -> str:

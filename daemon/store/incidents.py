@@ -308,6 +308,7 @@ class MemberAlert:
     alert_id: int
     ci_id: str | None
     firing: bool
+    severity: Severity
 
 
 async def members(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[MemberAlert]:
@@ -315,29 +316,33 @@ async def members(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[Me
     if not ids:
         return []
     result = await conn.execute(
-        sa.select(incident_alerts.c.incident_id, alerts.c.id, alerts.c.ci_id, alerts.c.status)
+        sa.select(incident_alerts.c.incident_id, alerts.c.id, alerts.c.ci_id, alerts.c.status,
+                  alerts.c.severity)
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
         .where(incident_alerts.c.incident_id.in_(ids))
     )
-    return [MemberAlert(r.incident_id, r.id, r.ci_id, r.status == AlertStatus.FIRING.value)
-            for r in result]
+    return [MemberAlert(r.incident_id, r.id, r.ci_id, r.status == AlertStatus.FIRING.value,
+                        Severity(r.severity)) for r in result]
 
 
-async def root_causes(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict[int, str | None]:
+async def root_causes(conn: AsyncConnection, incident_ids: Iterable[int]
+                      ) -> dict[int, tuple[str | None, Severity]]:
+    """id → (root-cause CI, severity) as stored."""
     result = await conn.execute(
-        sa.select(incidents.c.id, incidents.c.root_cause_ci)
+        sa.select(incidents.c.id, incidents.c.root_cause_ci, incidents.c.severity)
         .where(incidents.c.id.in_(list(set(incident_ids))))
     )
-    return {r.id: r.root_cause_ci for r in result}
+    return {r.id: (r.root_cause_ci, Severity(r.severity)) for r in result}
 
 
 async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows of incident_id, root_cause_ci, impacted_cis, impacted_services."""
+    """Rows of incident_id, root, cis, services, severity."""
     if rows:
         await conn.execute(
             sa.update(incidents).where(incidents.c.id == sa.bindparam("incident_id"))
             .values(root_cause_ci=sa.bindparam("root"), impacted_cis=sa.bindparam("cis"),
-                    impacted_services=sa.bindparam("services")),
+                    impacted_services=sa.bindparam("services"),
+                    severity=sa.bindparam("sev")),
             list(rows),
         )
 
