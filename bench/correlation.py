@@ -101,10 +101,11 @@ def main() -> None:
         indexes.append(time.perf_counter() - t0)
         touched: set[int] = set()
         for i in range(start, min(start + batch, args.alerts)):
-            now += timedelta(milliseconds=rng.choice((5, 10, 20, 50)))  # ~50 alerts/s
+            # ~5 alerts/s on average, in bursts: a failure somewhere every ~50 alerts
+            now += timedelta(milliseconds=rng.choice((10, 50, 100, 200, 600)))
             if rng.random() < 0.02:
                 burst_root = rng.choice(cis)
-            if rng.random() < 0.7:  # most alerts come from a failing subtree
+            if rng.random() < 0.9:  # most alerts come from a failing subtree, a few are noise
                 near = list(topology.downstream(burst_root, 2, limit=50)) or [burst_root]
                 ci = rng.choice(near)
             else:
