@@ -287,9 +287,14 @@ def load_config(
     if overrides.database_url:
         _set_path(data, ("database", "url"), overrides.database_url)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{source}: {p}" for p in _describe(exc)]) from None
+    if path is None:
+        return config
+    # Like Prometheus' rule_files: relative CMDB paths are relative to the config file.
+    files = [f if f.is_absolute() else path.parent / f for f in config.cmdb.files]
+    return config.model_copy(update={"cmdb": CmdbConfig(files=files)})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from daemon import __version__
 from daemon.api.incidents import ActionBody
+from daemon.itsm.cmdb_documents import CIDocument, CIModel
 from daemon.receivers.alertmanager import WebhookMessage
 from daemon.receivers.generic import GenericBody
 from daemon.receivers.grafana import GrafanaMessage
@@ -25,6 +26,8 @@ _MODELS: dict[str, type[BaseModel]] = {
     "PagerDutyEvent": PDEvent,
     "PagerDutyChangeEvent": PDChangeEvent,
     "ActionBody": ActionBody,
+    "CI": CIModel,
+    "CmdbDocument": CIDocument,
 }
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {
@@ -92,6 +95,27 @@ def document() -> dict[str, Any]:
             "/api/v1/incidents/{id}/acknowledge": _action("Acknowledge an incident"),
             "/api/v1/incidents/{id}/resolve": _action("Resolve an incident"),
             "/api/v1/changes": _read("List change records, newest first"),
+            "/api/v1/cmdb/cis": _read("List configuration items (filters: type, service)"),
+            "/api/v1/cmdb/cis/{id}": {
+                **_read("One configuration item, with its dependents"),
+                "put": {"summary": "Create or replace a CI", "security": [{"apiToken": []}],
+                        "requestBody": _body("CI"),
+                        "responses": {"200": {"description": "Replaced"},
+                                      "201": {"description": "Created"}, "400": _ERROR}},
+                "delete": {"summary": "Delete a CI nothing depends on",
+                           "security": [{"apiToken": []}],
+                           "responses": {"204": {"description": "Deleted"}, "404": _ERROR,
+                                         "409": _ERROR}},
+            },
+            "/api/v1/cmdb/import": {"post": {
+                "summary": "Import a whole CMDB document (JSON, YAML or CSV); mode=merge|replace",
+                "security": [{"apiToken": []}], "requestBody": _body("CmdbDocument"),
+                "responses": {"200": {"description": "Counts"}, "400": _ERROR, "413": _ERROR,
+                              "415": _ERROR}}},
+            "/api/v1/cmdb/reload": {"post": {
+                "summary": "Read the configured CMDB files again",
+                "security": [{"apiToken": []}],
+                "responses": {"200": {"description": "Counts"}, "400": _ERROR}}},
         },
         "components": {
             "schemas": schemas,

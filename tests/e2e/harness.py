@@ -682,6 +682,8 @@ def example_config() -> dict[str, Any]:
     pass to `DaemonProcess(config=...)`."""
     loaded = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert isinstance(loaded, dict), EXAMPLE_CONFIG
+    # The copy lives elsewhere: keep its CMDB files pointing at the shipped ones.
+    loaded["cmdb"]["files"] = [str(EXAMPLE_CONFIG.parent / f) for f in loaded["cmdb"]["files"]]
     return loaded
 
 

@@ -100,3 +100,8 @@ def test_console_script_runs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "daemon", "check-config", str(EXAMPLE)],
                          capture_output=True, text=True, check=False)
     assert (out.returncode, out.stdout) == (0, "OK\n")
+
+
+def test_cmdb_files_are_relative_to_the_config_file() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert config.cmdb.files == [EXAMPLE.parent / "cmdb.example.yaml"]
