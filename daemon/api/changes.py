@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -10,12 +9,9 @@ from aiohttp import web
 from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
+from daemon.api.serialize import timestamp
 from daemon.store import Store
 from daemon.store import changes as change_store
-
-
-def _ts(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def change_json(r: Any) -> dict[str, Any]:
@@ -24,8 +20,8 @@ def change_json(r: Any) -> dict[str, Any]:
         "integration": r.integration,
         "summary": r.summary,
         "source": r.source,
-        "occurred_at": _ts(r.occurred_at),
-        "received_at": _ts(r.received_at),
+        "occurred_at": timestamp(r.occurred_at),
+        "received_at": timestamp(r.received_at),
         "details": r.details,
         "links": r.links,
     }

@@ -8,7 +8,8 @@ from typing import Any
 from daemon.models import Incident, IncidentAlert, TimelineEntry, incident_key
 
 
-def _ts(value: datetime | None) -> str | None:
+def timestamp(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, as every API answer writes times."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -22,10 +23,10 @@ def alert_json(a: IncidentAlert) -> dict[str, Any]:
         "summary": a.summary,
         "labels": a.labels,
         "annotations": a.annotations,
-        "starts_at": _ts(a.starts_at),
-        "ends_at": _ts(a.ends_at),
+        "starts_at": timestamp(a.starts_at),
+        "ends_at": timestamp(a.ends_at),
         "occurrences": a.occurrences,
-        "last_seen": _ts(a.last_seen),
+        "last_seen": timestamp(a.last_seen),
         "ci": a.ci,
         "role": a.role,
         "flapping": a.flapping,
@@ -35,7 +36,7 @@ def alert_json(a: IncidentAlert) -> dict[str, Any]:
 
 
 def timeline_json(e: TimelineEntry) -> dict[str, Any]:
-    return {"at": _ts(e.at), "actor": e.actor, "kind": e.kind.value, "detail": e.detail}
+    return {"at": timestamp(e.at), "actor": e.actor, "kind": e.kind.value, "detail": e.detail}
 
 
 def incident_json(i: Incident, *, detail: bool = False) -> dict[str, Any]:
@@ -45,9 +46,9 @@ def incident_json(i: Incident, *, detail: bool = False) -> dict[str, Any]:
         "title": i.title,
         "status": i.status.value,
         "severity": i.severity.value,
-        "created_at": _ts(i.created_at),
-        "acknowledged_at": _ts(i.acknowledged_at),
-        "resolved_at": _ts(i.resolved_at),
+        "created_at": timestamp(i.created_at),
+        "acknowledged_at": timestamp(i.acknowledged_at),
+        "resolved_at": timestamp(i.resolved_at),
         "group_key": i.group_key,
         "root_cause_ci": i.root_cause_ci,
         "impacted_cis": list(i.impacted_cis),
