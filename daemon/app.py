@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
 
 from daemon import __version__, metrics
@@ -33,9 +34,11 @@ from daemon.ingest import IngestWriter, Pipeline
 from daemon.itsm.actions import Actions
 from daemon.itsm.changes import ChangeRecorder
 from daemon.itsm.cmdb import Cmdb, CmdbInvalid
+from daemon.itsm.priority import PriorityMatrix
 from daemon.receivers.auth import Credentials
 from daemon.receivers.endpoint import Intake
 from daemon.receivers.integrations import build_integrations
+from daemon.scheduler import Jobs, start_scheduler
 from daemon.secrets import resolve_or_generate
 from daemon.store import Store, migrate
 from daemon.store import incidents as incident_store
@@ -51,6 +54,7 @@ class Components:
     app: web.Application
     topology: TopologyHolder
     cmdb: Cmdb
+    scheduler: AsyncIOScheduler
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -74,6 +78,8 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock) -> Pi
         ),
         flapping=FlapDetector(changes=corr.flapping_changes,
                               window_seconds=corr.flapping_window_seconds),
+        priorities=PriorityMatrix(config.priority),
+        reopen_window_seconds=config.lifecycle.reopen_window_seconds,
         topology=topology,
         clock=clock,
     )
@@ -93,7 +99,8 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
         client_max_size=max(config.server.max_body_bytes, 1024 * 1024) * 2,
     )
     app.add_routes(health.routes())
-    app.add_routes(IncidentRoutes(store=store, actions=Actions(store=store, clock=clock)).routes())
+    actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority))
+    app.add_routes(IncidentRoutes(store=store, actions=actions).routes())
     app.add_routes(ChangeRoutes(store=store).routes())
     app.add_routes(CmdbRoutes(cmdb=cmdb, store=store).routes())
     app.add_routes(intake.routes())
@@ -125,13 +132,15 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         retry_after_seconds=config.ingest.retry_after_seconds,
     )
     writer.start()
+    scheduler = start_scheduler(Jobs(store=store, clock=clock, lifecycle=config.lifecycle))
     health = HealthRoutes(store=store)
     app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb)
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
-                      cmdb=cmdb)
+                      cmdb=cmdb, scheduler=scheduler)
 
 
 async def stop(components: Components) -> None:
+    components.scheduler.shutdown(wait=False)
     await components.cmdb.drain()
     await components.writer.stop()
     await components.store.close()

@@ -226,6 +226,62 @@ class CorrelationConfig(_Strict):
     binding: list[BindingRule] = Field(default_factory=_default_binding)
 
 
+class PriorityRule(_Strict):
+    """Overrides impact and/or urgency when any alert of the incident matches."""
+
+    match: list[str] = Field(min_length=1)
+    impact: int | None = Field(default=None, ge=1)
+    urgency: int | None = Field(default=None, ge=1)
+
+
+PriorityName = Literal["P1", "P2", "P3", "P4", "P5"]
+SeverityName = Literal["critical", "error", "warning", "info"]
+
+
+def _default_matrix() -> list[list[PriorityName]]:
+    return [["P1", "P2", "P3"], ["P2", "P3", "P4"], ["P3", "P4", "P5"]]
+
+
+def _default_urgency() -> dict[SeverityName, int]:
+    return {"critical": 1, "error": 2, "warning": 3, "info": 3}
+
+
+class PriorityConfig(_Strict):
+    """Priority = matrix[impact - 1][urgency - 1]; 1 is the highest impact and urgency."""
+
+    matrix: list[list[PriorityName]] = Field(default_factory=_default_matrix)
+    # Impact from the highest criticality (1 = highest) among the impacted business
+    # services, else of the root-cause CI; `default_impact` when there is none.
+    impact_by_criticality: dict[int, int] = Field(
+        default_factory=lambda: {1: 1, 2: 1, 3: 2, 4: 3, 5: 3})
+    default_impact: int = Field(default=2, ge=1)
+    urgency_by_severity: dict[SeverityName, int] = Field(default_factory=_default_urgency)
+    rules: list[PriorityRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fits_the_matrix(self) -> PriorityConfig:
+        rows, cols = len(self.matrix), len(self.matrix[0]) if self.matrix else 0
+        if not rows or any(len(r) != cols for r in self.matrix):
+            raise ValueError("matrix must be a non-empty grid: one row per impact, "
+                             "one column per urgency")
+        impacts = [*self.impact_by_criticality.values(), self.default_impact,
+                   *(r.impact for r in self.rules if r.impact)]
+        urgencies = [*self.urgency_by_severity.values(), *(r.urgency for r in self.rules
+                                                          if r.urgency)]
+        if any(not 1 <= i <= rows for i in impacts):
+            raise ValueError(f"impacts must be between 1 and {rows} (the matrix rows)")
+        if any(not 1 <= u <= cols for u in urgencies):
+            raise ValueError(f"urgencies must be between 1 and {cols} (the matrix columns)")
+        return self
+
+
+class LifecycleConfig(_Strict):
+    # An alert firing again on an incident resolved this recently reopens it.
+    reopen_window_seconds: int = Field(default=3600, ge=0)
+    # A resolved incident closes after this long without reopening.
+    close_after_seconds: int = Field(default=86_400, gt=0)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -239,6 +295,8 @@ class Config(_Strict):
     integrations: list[IntegrationConfig] = Field(default_factory=list)
     cmdb: CmdbConfig = CmdbConfig()
     correlation: CorrelationConfig = CorrelationConfig()
+    priority: PriorityConfig = PriorityConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ from daemon.errors import Overloaded
 from daemon.itsm import impact, incidents
 from daemon.itsm.impact import SeverityRaised
 from daemon.itsm.incidents import Transition
+from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 
@@ -48,7 +49,10 @@ class Pipeline:
     """bind → dedup → flapping → correlation → incidents → impact, in the caller's transaction."""
 
     def __init__(self, *, binder: Binder, correlator: Correlator, flapping: FlapDetector,
-                 topology: TopologyHolder, clock: Clock) -> None:
+                 priorities: PriorityMatrix, topology: TopologyHolder, clock: Clock,
+                 reopen_window_seconds: int) -> None:
+        self._priorities = priorities
+        self._reopen_window = reopen_window_seconds
         self._binder = binder
         self._correlator = correlator
         self._flapping = flapping
@@ -80,15 +84,20 @@ class Pipeline:
         if not new:
             return [], []
         split = await self._flapping.split(conn, new, now)
-        plan = await self._correlator.correlate(conn, split.steady, now)
+        reopened, back, steady = await incidents.reopen_for_alerts(
+            conn, split.steady, now, window_seconds=self._reopen_window)
+        plan = await self._correlator.correlate(conn, steady, now)
         opened = await incidents.open_incidents(conn, plan.opens, now)
         await incidents.attach_alerts(conn, plan.joins, now)
+        await incidents.attach_alerts(conn, back, now)
         await incidents.attach_alerts(conn, split.flapping, now, flapping=True)
         merged = await incidents.merge_incidents(conn, plan.merges, now)
         touched = {t.incident.id for t in opened} | set(plan.joins) | set(split.flapping)
+        touched |= set(back)
         touched |= {into for _, into in plan.merges}
-        raised = await impact.refresh(conn, self._topology.current, touched, now)
-        return opened + merged, raised
+        raised = await impact.refresh(conn, self._topology.current, touched, now,
+                                      priorities=self._priorities)
+        return reopened + opened + merged, raised
 
 
 @dataclass(slots=True)

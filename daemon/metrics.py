@@ -57,9 +57,15 @@ INCIDENTS_RESOLVED = Counter(
     ["severity", "how"],
     registry=REGISTRY,
 )
+INCIDENTS_REOPENED = Counter(
+    "incidentd_incidents_reopened_total",
+    "Resolved incidents reopened, by hand or by an alert firing again within the window.",
+    ["severity"],
+    registry=REGISTRY,
+)
 INCIDENTS_OPEN = Gauge(
     "incidentd_incidents_open",
-    "Incidents currently open (triggered or acknowledged), by severity.",
+    "Incidents currently open (triggered, acknowledged or on hold), by severity.",
     ["severity"],
     registry=REGISTRY,
 )

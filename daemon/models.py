@@ -129,8 +129,9 @@ AlertEvent = Alert | Acknowledgement
 class IncidentStatus(enum.StrEnum):
     TRIGGERED = "triggered"
     ACKNOWLEDGED = "acknowledged"
+    ON_HOLD = "on_hold"  # waiting on someone else; SLA clocks pause
     RESOLVED = "resolved"
-    CLOSED = "closed"  # for now only as merged into another incident
+    CLOSED = "closed"  # final: after a quiet period, by hand, or merged into another
 
     @property
     def is_open(self) -> bool:
@@ -148,7 +149,16 @@ class Role(enum.StrEnum):
 OPEN_STATUSES: tuple[IncidentStatus, ...] = (
     IncidentStatus.TRIGGERED,
     IncidentStatus.ACKNOWLEDGED,
+    IncidentStatus.ON_HOLD,
 )
+
+
+class Priority(enum.StrEnum):
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+    P4 = "P4"
+    P5 = "P5"
 
 
 class TimelineKind(enum.StrEnum):
@@ -160,6 +170,11 @@ class TimelineKind(enum.StrEnum):
     MERGED = "merged"
     ROOT_CAUSE_CHANGED = "root_cause_changed"
     SEVERITY_RAISED = "severity_raised"
+    PRIORITY_CHANGED = "priority_changed"
+    HELD = "held"
+    RESUMED = "resumed"
+    REOPENED = "reopened"
+    CLOSED = "closed"
 
 
 SYSTEM_ACTOR = "incidentd"
@@ -212,6 +227,11 @@ class Incident:
     acknowledged_at: datetime | None
     resolved_at: datetime | None
     root_cause_ci: str | None = None
+    priority: Priority | None = None
+    impact: int | None = None
+    urgency: int | None = None
+    priority_manual: bool = False
+    closed_at: datetime | None = None
     impacted_cis: tuple[str, ...] = ()
     impacted_services: tuple[str, ...] = ()
     merged_into: int | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -11,7 +14,7 @@ from daemon.api.responses import json_response
 from daemon.api.serialize import alert_json, incident_json
 from daemon.errors import NotFound
 from daemon.itsm.actions import Actions
-from daemon.models import OPEN_STATUSES, AlertStatus, IncidentStatus, incident_key
+from daemon.models import OPEN_STATUSES, AlertStatus, IncidentStatus, Priority, incident_key
 from daemon.receivers.endpoint import read_body
 from daemon.receivers.validation import invalid_input
 from daemon.store import Store
@@ -30,6 +33,21 @@ class ActionBody(BaseModel):
     note: str | None = Field(default=None, max_length=10_000)
 
 
+class PatchBody(BaseModel):
+    """Set the priority by hand: `priority`, or `impact` and `urgency`; `reason` is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    priority: Literal["P1", "P2", "P3", "P4", "P5"] | None = None
+    impact: int | None = Field(default=None, ge=1)
+    urgency: int | None = Field(default=None, ge=1)
+    reason: str = Field(min_length=1, max_length=2000)
+    actor: str = Field(default="api", min_length=1, max_length=255)
+
+
+# Person-driven moves, each at POST /api/v1/incidents/{id}/{action}.
+ACTIONS = ("acknowledge", "hold", "resume", "resolve", "close", "reopen")
+
+
 class IncidentRoutes:
     def __init__(self, *, store: Store, actions: Actions) -> None:
         self._store = store
@@ -39,8 +57,9 @@ class IncidentRoutes:
         return [
             web.get("/api/v1/incidents", self.list),
             web.get("/api/v1/incidents/{id}", self.get),
-            web.post("/api/v1/incidents/{id}/acknowledge", self.acknowledge),
-            web.post("/api/v1/incidents/{id}/resolve", self.resolve),
+            *(web.post(f"/api/v1/incidents/{{id}}/{action}", self._action(action))
+              for action in ACTIONS),
+            web.patch("/api/v1/incidents/{id}", self.patch),
             web.get("/api/v1/alerts", self.list_alerts),
         ]
 
@@ -60,16 +79,21 @@ class IncidentRoutes:
     async def get(self, request: web.Request) -> web.Response:
         return await self._detail(params.incident_id(request.match_info["id"]))
 
-    async def acknowledge(self, request: web.Request) -> web.Response:
-        incident_id = params.incident_id(request.match_info["id"])
-        body = await _action_body(request)
-        await self._actions.acknowledge(incident_id, actor=body.actor, note=body.note)
-        return await self._detail(incident_id)
+    def _action(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            incident_id = params.incident_id(request.match_info["id"])
+            body = await _body(request, ActionBody)
+            await self._actions.move(incident_id, action, actor=body.actor, note=body.note)
+            return await self._detail(incident_id)
 
-    async def resolve(self, request: web.Request) -> web.Response:
+        return handle
+
+    async def patch(self, request: web.Request) -> web.Response:
         incident_id = params.incident_id(request.match_info["id"])
-        body = await _action_body(request)
-        await self._actions.resolve(incident_id, actor=body.actor, note=body.note)
+        body = await _body(request, PatchBody, required=True)
+        await self._actions.set_priority(
+            incident_id, priority=Priority(body.priority) if body.priority else None,
+            impact=body.impact, urgency=body.urgency, reason=body.reason, actor=body.actor)
         return await self._detail(incident_id)
 
     async def list_alerts(self, request: web.Request) -> web.Response:
@@ -118,11 +142,14 @@ def _statuses(raw: str | None) -> list[IncidentStatus] | None:
     return out
 
 
-async def _action_body(request: web.Request) -> ActionBody:
+_B = TypeVar("_B", bound=BaseModel)
+
+
+async def _body(request: web.Request, model: type[_B], *, required: bool = False) -> _B:
     raw = await read_body(request, _ACTION_BODY_LIMIT)
-    if not raw.strip():
-        return ActionBody()
     try:
-        return ActionBody.model_validate_json(raw)
+        if not raw.strip() and not required:
+            return model()
+        return model.model_validate_json(raw or b"null")
     except ValidationError as exc:
         raise invalid_input(exc, "request body") from None

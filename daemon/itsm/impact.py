@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.correlation.topology import Topology
+from daemon.itsm.priority import PriorityMatrix
 from daemon.models import SYSTEM_ACTOR, Role, Severity, TimelineEntry, TimelineKind
 from daemon.store import incidents as store
 from daemon.store.incidents import MemberAlert
@@ -55,22 +56,23 @@ class SeverityRaised:
 
 
 async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
-                  now: datetime) -> list[SeverityRaised]:
-    """Recompute root cause, impact, alert roles and severity (it only ever rises)
-    of incidents whose alerts changed."""
+                  now: datetime, *, priorities: PriorityMatrix) -> list[SeverityRaised]:
+    """Recompute root cause, impact, alert roles, severity (it only ever rises) and
+    priority (unless set by hand) of incidents whose alerts changed."""
     ids = sorted(set(incident_ids))
     if not ids:
         return []
     by_incident: dict[int, list[MemberAlert]] = {i: [] for i in ids}
     for member in await store.members(conn, ids):
         by_incident[member.incident_id].append(member)
-    before = await store.root_causes(conn, ids)
+    before = await store.assessed(conn, ids)
     rows, roles, entries, raised = [], [], [], []
     for incident_id, members in by_incident.items():
         firing = [m.ci_id for m in members if m.firing and m.ci_id]
         root = root_cause(topology, firing or [m.ci_id for m in members if m.ci_id])
         impacted, services = impact(topology, root)
-        previous, severity = before[incident_id]
+        stored = before[incident_id]
+        previous, severity = stored.root_cause_ci, stored.severity
         worst = min((m.severity for m in members), key=lambda s: s.rank, default=severity)
         if worst.rank < severity.rank:
             raised.append(SeverityRaised(incident_id, severity, worst))
@@ -78,8 +80,19 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
                 at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.SEVERITY_RAISED,
                 detail={"from": severity.value, "to": worst.value})))
             severity = worst
-        rows.append({"incident_id": incident_id, "root": root, "cis": impacted,
-                     "services": services, "sev": severity.value})
+        assessment = priorities.assess(topology=topology, root=root, services=services,
+                                       severity=severity, labels=(m.labels for m in members))
+        row = {"incident_id": incident_id, "root": root, "cis": impacted,
+               "services": services, "sev": severity.value, "prio": assessment.priority.value,
+               "imp": assessment.impact, "urg": assessment.urgency}
+        if stored.priority_manual:
+            row |= {"prio": stored.priority.value if stored.priority else None,
+                    "imp": stored.impact, "urg": stored.urgency}
+        elif stored.priority is not None and stored.priority is not assessment.priority:
+            entries.append((incident_id, TimelineEntry(
+                at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.PRIORITY_CHANGED,
+                detail={"from": stored.priority.value, "to": assessment.priority.value})))
+        rows.append(row)
         roles += [(incident_id, m.alert_id, _role(m, root)) for m in members]
         if root != previous and previous is not None:
             entries.append((incident_id, TimelineEntry(

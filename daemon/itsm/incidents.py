@@ -10,19 +10,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon import metrics
 from daemon.correlation.engine import Group, Placed
-from daemon.errors import InvalidTransition, NotFound
+from daemon.errors import InvalidInput, InvalidTransition, NotFound
+from daemon.itsm.priority import PriorityMatrix
 from daemon.models import (
     OPEN_STATUSES,
     SYSTEM_ACTOR,
     Acknowledgement,
     Alert,
     IncidentStatus,
+    Priority,
     Role,
     TimelineEntry,
     TimelineKind,
@@ -140,8 +142,8 @@ async def resolve_cleared(
     await store.add_timeline(conn, entries)
     cleared = await store.open_without_firing_alerts(conn, (i for i, _ in entries))
     moved = await store.transition(
-        conn, cleared, allowed_from=(IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED),
-        to=IncidentStatus.RESOLVED, values={"resolved_at": now},
+        conn, cleared, allowed_from=_OPEN, to=IncidentStatus.RESOLVED,
+        values={"resolved_at": now},
     )
     await store.add_timeline(conn, [
         (m.id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.RESOLVED,
@@ -175,28 +177,133 @@ async def acknowledge_from_sources(
     return [Transition(m, IncidentStatus.TRIGGERED, How.AUTOMATIC) for m in moved]
 
 
-async def acknowledge(
-    conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None, now: datetime
-) -> Transition:
-    return await _manual(
-        conn, incident_id, actor=actor, note=note, now=now,
-        allowed_from=(IncidentStatus.TRIGGERED,), to=IncidentStatus.ACKNOWLEDGED,
-        values={"acknowledged_at": now}, kind=TimelineKind.ACKNOWLEDGED,
-    )
+_OPEN = (IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED, IncidentStatus.ON_HOLD)
 
 
-async def resolve(
-    conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None, now: datetime
-) -> Transition:
-    """Resolve by hand. Its firing alerts resolve with it, so a later repeat of one
-    opens a new incident instead of being taken as a duplicate (as PagerDuty does)."""
-    transition = await _manual(
-        conn, incident_id, actor=actor, note=note, now=now,
-        allowed_from=(IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED),
-        to=IncidentStatus.RESOLVED, values={"resolved_at": now}, kind=TimelineKind.RESOLVED,
-    )
-    await alert_store.resolve_of_incident(conn, incident_id, now)
+@dataclass(frozen=True, slots=True)
+class _Move:
+    allowed_from: tuple[IncidentStatus, ...]
+    to: IncidentStatus
+    kind: TimelineKind
+    stamp: str | None  # the column that takes the time of the move
+    clear: tuple[str, ...] = ()
+
+
+MOVES = {
+    "acknowledge": _Move((IncidentStatus.TRIGGERED,), IncidentStatus.ACKNOWLEDGED,
+                         TimelineKind.ACKNOWLEDGED, "acknowledged_at"),
+    "hold": _Move((IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED),
+                  IncidentStatus.ON_HOLD, TimelineKind.HELD, None),
+    "resolve": _Move(_OPEN, IncidentStatus.RESOLVED, TimelineKind.RESOLVED, "resolved_at"),
+    "close": _Move((IncidentStatus.RESOLVED,), IncidentStatus.CLOSED, TimelineKind.CLOSED,
+                   "closed_at"),
+    "reopen": _Move((IncidentStatus.RESOLVED,), IncidentStatus.TRIGGERED,
+                    TimelineKind.REOPENED, None, ("resolved_at", "acknowledged_at")),
+}
+
+
+async def move(conn: AsyncConnection, incident_id: int, action: str, *, actor: str,
+               note: str | None, now: datetime) -> Transition:
+    """A person moves an incident: acknowledge, hold, resume, resolve, close or reopen."""
+    if action == "resume":
+        return await _resume(conn, incident_id, actor=actor, note=note, now=now)
+    spec = MOVES[action]
+    values: dict[str, datetime | None] = dict.fromkeys(spec.clear)
+    if spec.stamp:
+        values[spec.stamp] = now
+    transition = await _manual(conn, incident_id, actor=actor, note=note, now=now,
+                               allowed_from=spec.allowed_from, to=spec.to, values=values,
+                               kind=spec.kind)
+    if action == "resolve":
+        # Its firing alerts resolve with it, so a later repeat of one opens a new
+        # incident instead of being taken as a duplicate (as PagerDuty does).
+        await alert_store.resolve_of_incident(conn, incident_id, now)
     return transition
+
+
+async def _resume(conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None,
+                  now: datetime) -> Transition:
+    state = await store.get_state(conn, incident_id)
+    back = (IncidentStatus.ACKNOWLEDGED if state and state.acknowledged_at
+            else IncidentStatus.TRIGGERED)
+    return await _manual(conn, incident_id, actor=actor, note=note, now=now,
+                         allowed_from=(IncidentStatus.ON_HOLD,), to=back, values={},
+                         kind=TimelineKind.RESUMED)
+
+
+async def set_priority(conn: AsyncConnection, incident_id: int, *, priority: Priority | None,
+                       impact: int | None, urgency: int | None, reason: str, actor: str,
+                       now: datetime, matrix: PriorityMatrix) -> None:
+    """Set the priority by hand (directly, or through impact and urgency); it then stays."""
+    current = (await store.assessed(conn, [incident_id])).get(incident_id)
+    if current is None:
+        raise NotFound(f"no incident {incident_key(incident_id)}")
+    if priority is None:
+        if impact is None or urgency is None:
+            raise InvalidInput("give priority, or impact and urgency", [
+                {"field": "priority", "reason": "give priority, or impact and urgency"}])
+        try:
+            priority = matrix.priority(impact, urgency)
+        except IndexError:
+            raise InvalidInput("impact or urgency is outside the priority matrix", [
+                {"field": "impact", "reason": "outside the priority matrix"}]) from None
+    await store.set_priority(conn, incident_id, priority=priority, impact=impact,
+                             urgency=urgency)
+    await store.add_timeline(conn, [(incident_id, TimelineEntry(
+        at=now, actor=actor, kind=TimelineKind.PRIORITY_CHANGED,
+        detail={"from": current.priority.value if current.priority else None,
+                "to": priority.value, "reason": reason}))])
+
+
+async def reopen_for_alerts(
+    conn: AsyncConnection, new: Sequence[Placed], now: datetime, *, window_seconds: int
+) -> tuple[list[Transition], dict[int, list[Placed]], list[Placed]]:
+    """An alert firing again on an incident resolved within the window reopens it.
+
+    Returns the reopenings, the alerts to attach to them, and the other alerts.
+    """
+    if not new or window_seconds <= 0:
+        return [], {}, list(new)
+    since = now - timedelta(seconds=window_seconds)
+    prior = await alert_store.prior_episodes(conn, new, since=since)
+    incidents_of = await alert_store.incident_ids_of(conn, [latest for _, latest in
+                                                            prior.values()])
+    candidates = {max(incs) for incs in incidents_of.values() if incs}
+    reopened = await store.transition(
+        conn, sorted(candidates), allowed_from=(IncidentStatus.RESOLVED,),
+        to=IncidentStatus.TRIGGERED, values={"resolved_at": None, "acknowledged_at": None},
+        where_resolved_since=since,
+    )
+    ids = {r.id for r in reopened}
+    joins: dict[int, list[Placed]] = {}
+    rest: list[Placed] = []
+    for alert, alert_id in new:
+        _, latest = prior.get((alert.source, alert.fingerprint), (0, 0))
+        target = max(incidents_of.get(latest, (0,)))
+        if target in ids:
+            joins.setdefault(target, []).append((alert, alert_id))
+        else:
+            rest.append((alert, alert_id))
+    await store.add_timeline(conn, [
+        (inc, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.REOPENED,
+                            detail={"fingerprints": [a.fingerprint for a, _ in placed]}))
+        for inc, placed in joins.items()
+    ])
+    return [Transition(r, IncidentStatus.RESOLVED, How.AUTOMATIC) for r in reopened], joins, rest
+
+
+async def close_quiet(conn: AsyncConnection, *, resolved_before: datetime, now: datetime
+                      ) -> list[Transition]:
+    """Close incidents resolved longer ago than the quiet period."""
+    ids = await store.resolved_before(conn, resolved_before)
+    closed = await store.transition(conn, ids, allowed_from=(IncidentStatus.RESOLVED,),
+                                    to=IncidentStatus.CLOSED, values={"closed_at": now})
+    await store.add_timeline(conn, [
+        (c.id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.CLOSED,
+                             detail={"reason": "quiet period over"}))
+        for c in closed
+    ])
+    return [Transition(c, IncidentStatus.RESOLVED, How.AUTOMATIC) for c in closed]
 
 
 async def _manual(
@@ -208,7 +315,7 @@ async def _manual(
     now: datetime,
     allowed_from: tuple[IncidentStatus, ...],
     to: IncidentStatus,
-    values: dict[str, datetime],
+    values: dict[str, datetime | None],
     kind: TimelineKind,
 ) -> Transition:
     before = await store.get_state(conn, incident_id)
@@ -236,18 +343,23 @@ def record_metrics(transitions: Iterable[Transition]) -> None:
     for t in transitions:
         inc = t.incident
         sev = inc.severity.value
+        was_open = t.previous in _OPEN
         if t.previous is None:
             metrics.INCIDENTS_OPENED.labels(sev).inc()
             metrics.INCIDENTS_OPEN.labels(sev).inc()
-        elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at:
+        elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at and (
+                t.previous is IncidentStatus.TRIGGERED):
             waited = _seconds(inc.created_at, inc.acknowledged_at)
             metrics.TIME_TO_ACKNOWLEDGE.labels(sev).observe(waited)
-        elif inc.status is IncidentStatus.CLOSED:  # merged into another
-            metrics.INCIDENTS_OPEN.labels(sev).dec()
-        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at:
+        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at and was_open:
             metrics.INCIDENTS_OPEN.labels(sev).dec()
             metrics.INCIDENTS_RESOLVED.labels(sev, t.how.value).inc()
             metrics.TIME_TO_RESOLVE.labels(sev).observe(_seconds(inc.created_at, inc.resolved_at))
+        elif inc.status is IncidentStatus.CLOSED and was_open:  # merged into another
+            metrics.INCIDENTS_OPEN.labels(sev).dec()
+        elif inc.status is IncidentStatus.TRIGGERED and t.previous is IncidentStatus.RESOLVED:
+            metrics.INCIDENTS_OPEN.labels(sev).inc()
+            metrics.INCIDENTS_REOPENED.labels(sev).inc()
 
 
 def _seconds(start: datetime, end: datetime) -> float:

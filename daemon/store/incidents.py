@@ -17,6 +17,7 @@ from daemon.models import (
     IncidentAlert,
     IncidentStatus,
     Link,
+    Priority,
     Severity,
     TimelineEntry,
     TimelineKind,
@@ -151,17 +152,21 @@ async def transition(
     allowed_from: Sequence[IncidentStatus],
     to: IncidentStatus,
     values: dict[str, Any],
+    where_resolved_since: datetime | None = None,
 ) -> list[IncidentState]:
     """Move incidents to `to` where their status is in `allowed_from`; returns those moved."""
     if not incident_ids:
         return []
-    result = await conn.execute(
+    query = (
         sa.update(incidents)
         .where(incidents.c.id.in_(incident_ids),
                incidents.c.status.in_([s.value for s in allowed_from]))
         .values(status=to.value, **values)
         .returning(*_STATE_COLUMNS)
     )
+    if where_resolved_since is not None:
+        query = query.where(incidents.c.resolved_at >= where_resolved_since)
+    result = await conn.execute(query)
     return [_state(r) for r in result]
 
 
@@ -266,6 +271,11 @@ def _incident(
         acknowledged_at=row.acknowledged_at,
         resolved_at=row.resolved_at,
         root_cause_ci=row.root_cause_ci,
+        priority=Priority(row.priority) if row.priority else None,
+        impact=row.impact,
+        urgency=row.urgency,
+        priority_manual=row.priority_manual,
+        closed_at=row.closed_at,
         impacted_cis=tuple(row.impacted_cis),
         impacted_services=tuple(row.impacted_services),
         merged_into=row.merged_into,
@@ -309,6 +319,7 @@ class MemberAlert:
     ci_id: str | None
     firing: bool
     severity: Severity
+    labels: dict[str, str]
 
 
 async def members(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[MemberAlert]:
@@ -317,32 +328,48 @@ async def members(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[Me
         return []
     result = await conn.execute(
         sa.select(incident_alerts.c.incident_id, alerts.c.id, alerts.c.ci_id, alerts.c.status,
-                  alerts.c.severity)
+                  alerts.c.severity, alerts.c.labels)
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
         .where(incident_alerts.c.incident_id.in_(ids))
     )
     return [MemberAlert(r.incident_id, r.id, r.ci_id, r.status == AlertStatus.FIRING.value,
-                        Severity(r.severity)) for r in result]
+                        Severity(r.severity), r.labels) for r in result]
 
 
-async def root_causes(conn: AsyncConnection, incident_ids: Iterable[int]
-                      ) -> dict[int, tuple[str | None, Severity]]:
-    """id → (root-cause CI, severity) as stored."""
+@dataclass(frozen=True, slots=True)
+class Assessed:
+    """What correlation last concluded about an incident, as stored."""
+
+    root_cause_ci: str | None
+    severity: Severity
+    priority: Priority | None
+    priority_manual: bool
+    impact: int | None
+    urgency: int | None
+
+
+async def assessed(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict[int, Assessed]:
     result = await conn.execute(
-        sa.select(incidents.c.id, incidents.c.root_cause_ci, incidents.c.severity)
+        sa.select(incidents.c.id, incidents.c.root_cause_ci, incidents.c.severity,
+                  incidents.c.priority, incidents.c.priority_manual, incidents.c.impact,
+                  incidents.c.urgency)
         .where(incidents.c.id.in_(list(set(incident_ids))))
     )
-    return {r.id: (r.root_cause_ci, Severity(r.severity)) for r in result}
+    return {r.id: Assessed(r.root_cause_ci, Severity(r.severity),
+                           Priority(r.priority) if r.priority else None, r.priority_manual,
+                           r.impact, r.urgency)
+            for r in result}
 
 
 async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows of incident_id, root, cis, services, severity."""
+    """Rows of incident_id, root, cis, services, sev, priority, impact, urgency."""
     if rows:
         await conn.execute(
             sa.update(incidents).where(incidents.c.id == sa.bindparam("incident_id"))
             .values(root_cause_ci=sa.bindparam("root"), impacted_cis=sa.bindparam("cis"),
                     impacted_services=sa.bindparam("services"),
-                    severity=sa.bindparam("sev")),
+                    severity=sa.bindparam("sev"), priority=sa.bindparam("prio"),
+                    impact=sa.bindparam("imp"), urgency=sa.bindparam("urg")),
             list(rows),
         )
 
@@ -357,3 +384,22 @@ async def set_roles(conn: AsyncConnection, roles: Sequence[tuple[int, int, str]]
             .values(role=sa.bindparam("r")),
             [{"i": i, "a": a, "r": r} for i, a, r in roles],
         )
+
+
+async def resolved_before(conn: AsyncConnection, before: datetime, limit: int = 1000
+                          ) -> list[int]:
+    result = await conn.execute(
+        sa.select(incidents.c.id)
+        .where(incidents.c.status == IncidentStatus.RESOLVED.value,
+               incidents.c.resolved_at < before)
+        .order_by(incidents.c.id).limit(limit)
+    )
+    return [r.id for r in result]
+
+
+async def set_priority(conn: AsyncConnection, incident_id: int, *, priority: Priority,
+                       impact: int | None, urgency: int | None) -> None:
+    await conn.execute(
+        sa.update(incidents).where(incidents.c.id == incident_id)
+        .values(priority=priority.value, impact=impact, urgency=urgency, priority_manual=True)
+    )

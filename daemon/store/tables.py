@@ -89,6 +89,12 @@ incidents = sa.Table(
     sa.Column("acknowledged_at", UTCDateTime(), nullable=True),
     sa.Column("resolved_at", UTCDateTime(), nullable=True),
     sa.Column("root_cause_ci", sa.String(255), nullable=True),
+    sa.Column("priority", sa.String(2), nullable=True),
+    sa.Column("impact", sa.Integer(), nullable=True),
+    sa.Column("urgency", sa.Integer(), nullable=True),
+    # Set by hand: the matrix no longer recomputes it.
+    sa.Column("priority_manual", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
     sa.Column("impacted_cis", sa.JSON(), nullable=False, server_default="[]"),
     sa.Column("impacted_services", sa.JSON(), nullable=False, server_default="[]"),
     sa.Column("merged_into", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),

@@ -98,8 +98,8 @@ async def test_fire_and_resolve_in_one_batch_opens_and_resolves(
     store: Store, clock: FakeClock
 ) -> None:
     await ingest(store, clock, alert("a"), alert("a", status="resolved"), alert("a"))
-    incs = await all_incidents(store)
-    assert [i.status for i in incs] == [IncidentStatus.RESOLVED, IncidentStatus.TRIGGERED]
+    [inc] = await all_incidents(store)  # opened, resolved, reopened
+    assert inc.status is IncidentStatus.TRIGGERED and len(inc.alerts) == 2
 
 
 async def test_resolve_for_unknown_alert_is_harmless(store: Store, clock: FakeClock) -> None:
@@ -108,14 +108,26 @@ async def test_resolve_for_unknown_alert_is_harmless(store: Store, clock: FakeCl
     assert await all_incidents(store) == []
 
 
-async def test_alert_firing_again_after_resolution_opens_a_new_incident(
+async def test_alert_firing_again_within_the_window_reopens_after_it_opens_anew(
     store: Store, clock: FakeClock
 ) -> None:
     await ingest(store, clock, alert("a"))
     await ingest(store, clock, alert("a", status="resolved"))
-    await ingest(store, clock, alert("a"))
+    clock.advance(3599)
+    await ingest(store, clock, alert("a"))  # within the reopen window (1 h)
+    [inc] = await all_incidents(store)
+    assert (inc.status, inc.resolved_at, len(inc.alerts)) == (IncidentStatus.TRIGGERED, None, 2)
+    assert detail_kinds(await detail(store, inc.id))[-2:] == [TimelineKind.REOPENED,
+                                                              TimelineKind.ALERT_ATTACHED]
+    await ingest(store, clock, alert("a", status="resolved"))
+    clock.advance(3601)
+    await ingest(store, clock, alert("a"))  # after the window: a new incident
     first, second = await all_incidents(store)
     assert (first.status, second.status) == (IncidentStatus.RESOLVED, IncidentStatus.TRIGGERED)
+
+
+def detail_kinds(incident: Incident) -> list[TimelineKind]:
+    return [e.kind for e in incident.timeline]
 
 
 async def test_acknowledge_then_resolve_by_hand_with_timeline(
@@ -125,15 +137,17 @@ async def test_acknowledge_then_resolve_by_hand_with_timeline(
     [inc] = await all_incidents(store)
     clock.advance(120)
     async with store.write() as conn:
-        t = await incidents.acknowledge(conn, inc.id, actor="alice", note="on it", now=clock.now())
+        t = await incidents.move(conn, inc.id, "acknowledge", actor="alice", note="on it",
+                                 now=clock.now())
     assert (t.previous, t.incident.status) == (IncidentStatus.TRIGGERED,
                                                IncidentStatus.ACKNOWLEDGED)
     with pytest.raises(InvalidTransition, match="INC-000001 is acknowledged"):
         async with store.write() as conn:
-            await incidents.acknowledge(conn, inc.id, actor="bob", note=None, now=clock.now())
+            await incidents.move(conn, inc.id, "acknowledge", actor="bob", note=None,
+                                 now=clock.now())
     clock.advance(60)
     async with store.write() as conn:
-        await incidents.resolve(conn, inc.id, actor="alice", note=None, now=clock.now())
+        await incidents.move(conn, inc.id, "resolve", actor="alice", note=None, now=clock.now())
     done = await detail(store, inc.id)
     assert done.status is IncidentStatus.RESOLVED
     assert [a.status for a in done.alerts] == [AlertStatus.RESOLVED]
@@ -142,22 +156,24 @@ async def test_acknowledge_then_resolve_by_hand_with_timeline(
     assert done.timeline[1].detail == {"note": "on it"}
     with pytest.raises(InvalidTransition, match="resolved only from triggered or acknowledged"):
         async with store.write() as conn:
-            await incidents.resolve(conn, inc.id, actor="bob", note=None, now=clock.now())
-    # the alert repeats after a manual resolve: a new incident, not a silent duplicate
+            await incidents.move(conn, inc.id, "resolve", actor="bob", note=None, now=clock.now())
+    # the alert fires again after a manual resolve: not a silent duplicate but a
+    # reopening (within the window) with the new alert attached
     await ingest(store, clock, alert("a"))
-    assert len(await all_incidents(store)) == 2
+    [inc] = await all_incidents(store)
+    assert inc.status is IncidentStatus.TRIGGERED and len(inc.alerts) == 2
 
 
 async def test_unknown_incident_is_not_found(store: Store, clock: FakeClock) -> None:
     with pytest.raises(NotFound):
         async with store.write() as conn:
-            await incidents.acknowledge(conn, 999, actor="x", note=None, now=clock.now())
+            await incidents.move(conn, 999, "acknowledge", actor="x", note=None, now=clock.now())
 
 
 async def test_listing_pages_and_filters(store: Store, clock: FakeClock) -> None:
     await ingest(store, clock, *(alert(f"a{i}", group=f"g{i}") for i in range(5)))
     async with store.write() as conn:
-        await incidents.acknowledge(conn, 2, actor="x", note=None, now=clock.now())
+        await incidents.move(conn, 2, "acknowledge", actor="x", note=None, now=clock.now())
     async with store.read() as conn:
         page1 = await incident_store.list_incidents(conn, statuses=None, limit=3, before_id=None)
         page2 = await incident_store.list_incidents(conn, statuses=None, limit=3,

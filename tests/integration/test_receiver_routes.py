@@ -95,9 +95,11 @@ async def test_pagerduty_lifecycle_as_pagerduty_answers(client: Client) -> None:
     await client.post("/v2/enqueue", json=pd_event("resolve"))
     [inc] = await incidents(client)
     assert inc["status"] == "resolved"
-    # the same dedup_key after a resolve is a new alert, and a new incident
+    # the same dedup_key after a resolve is a new alert; within the reopen window it
+    # reopens the incident
     await client.post("/v2/enqueue", json=pd_event("trigger"))
-    assert [i["status"] for i in await incidents(client)] == ["resolved", "triggered"]
+    [inc] = await incidents(client)
+    assert (inc["status"], len(inc["alerts"])) == ("triggered", 2)
 
 
 async def test_pagerduty_generates_a_dedup_key(client: Client) -> None:
