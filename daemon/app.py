@@ -55,6 +55,7 @@ class Components:
     topology: TopologyHolder
     cmdb: Cmdb
     scheduler: AsyncIOScheduler
+    jobs: Jobs
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -132,15 +133,17 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         retry_after_seconds=config.ingest.retry_after_seconds,
     )
     writer.start()
-    scheduler = start_scheduler(Jobs(store=store, clock=clock, lifecycle=config.lifecycle))
+    jobs = Jobs(store=store, clock=clock, lifecycle=config.lifecycle)
+    scheduler = start_scheduler(jobs)
     health = HealthRoutes(store=store)
     app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb)
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
-                      cmdb=cmdb, scheduler=scheduler)
+                      cmdb=cmdb, scheduler=scheduler, jobs=jobs)
 
 
 async def stop(components: Components) -> None:
     components.scheduler.shutdown(wait=False)
+    await components.jobs.drain()
     await components.cmdb.drain()
     await components.writer.stop()
     await components.store.close()

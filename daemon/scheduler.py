@@ -6,6 +6,7 @@ whatever fell due while the daemon was down is done at the first run.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -25,8 +26,27 @@ class Jobs:
         self._store = store
         self._clock = clock
         self._lifecycle = lifecycle
+        self._running: set[asyncio.Task[object]] = set()
+        self._closing = False
+
+    async def drain(self) -> None:
+        """Start nothing new and wait for running jobs, before the store closes under them."""
+        self._closing = True
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
 
     async def close_quiet_incidents(self) -> int:
+        if self._closing:
+            return 0
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            return await self._close_quiet()
+        finally:
+            self._running.discard(task)
+
+    async def _close_quiet(self) -> int:
         now = self._clock.now()
         before = now - timedelta(seconds=self._lifecycle.close_after_seconds)
         try:
