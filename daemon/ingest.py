@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,6 +33,7 @@ from daemon.itsm.incidents import Transition
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
+from daemon.store import alerts as alert_store
 
 log = structlog.get_logger("incidentd.ingest")
 
@@ -83,9 +84,11 @@ class Pipeline:
         where correlation says; then work out root cause and impact again."""
         if not new:
             return [], []
-        split = await self._flapping.split(conn, new, now)
+        lookback = max(self._flapping.window, timedelta(seconds=self._reopen_window))
+        earlier = await alert_store.earlier_firings(conn, new, since=now - lookback)
+        split = await self._flapping.split(conn, new, now, earlier)
         reopened, back, steady = await incidents.reopen_for_alerts(
-            conn, split.steady, now, window_seconds=self._reopen_window)
+            conn, split.steady, now, window_seconds=self._reopen_window, earlier=earlier)
         plan = await self._correlator.correlate(conn, steady, now)
         opened = await incidents.open_incidents(conn, plan.opens, now)
         await incidents.attach_alerts(conn, plan.joins, now)

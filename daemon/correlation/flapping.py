@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.correlation.engine import Placed
 from daemon.store import alerts as alert_store
+from daemon.store.alerts import EarlierFirings
 
 
 @dataclass(slots=True)
@@ -27,17 +28,17 @@ class FlapSplit:
 class FlapDetector:
     def __init__(self, *, changes: int, window_seconds: int) -> None:
         self._changes = changes
-        self._window = timedelta(seconds=window_seconds)
+        self.window = timedelta(seconds=window_seconds)
 
-    async def split(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime
-                    ) -> FlapSplit:
+    async def split(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime,
+                    earlier: EarlierFirings) -> FlapSplit:
         out = FlapSplit()
-        prior = await alert_store.prior_episodes(conn, new, since=now - self._window)
-        latest_ids = {latest for count, latest in prior.values()
-                      if 2 * count + 1 > self._changes}
-        incidents_of = await alert_store.incident_ids_of(conn, list(latest_ids))
+        prior = {alert_id: earlier.since(alert, now - self.window) for alert, alert_id in new}
+        latest_ids = [latest for count, latest in prior.values()
+                      if 2 * count + 1 > self._changes]
+        incidents_of = await alert_store.incident_ids_of(conn, latest_ids)
         for alert, alert_id in new:
-            count, latest = prior.get((alert.source, alert.fingerprint), (0, 0))
+            count, latest = prior[alert_id]
             previous = incidents_of.get(latest, ())
             if 2 * count + 1 > self._changes and previous:
                 out.flapping.setdefault(max(previous), []).append((alert, alert_id))

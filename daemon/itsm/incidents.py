@@ -32,7 +32,7 @@ from daemon.models import (
 )
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as store
-from daemon.store.alerts import ResolvedAlert
+from daemon.store.alerts import EarlierFirings, ResolvedAlert
 from daemon.store.incidents import IncidentState, NewIncident
 
 
@@ -256,7 +256,8 @@ async def set_priority(conn: AsyncConnection, incident_id: int, *, priority: Pri
 
 
 async def reopen_for_alerts(
-    conn: AsyncConnection, new: Sequence[Placed], now: datetime, *, window_seconds: int
+    conn: AsyncConnection, new: Sequence[Placed], now: datetime, *, window_seconds: int,
+    earlier: EarlierFirings,
 ) -> tuple[list[Transition], dict[int, list[Placed]], list[Placed]]:
     """An alert firing again on an incident resolved within the window reopens it.
 
@@ -265,9 +266,9 @@ async def reopen_for_alerts(
     if not new or window_seconds <= 0:
         return [], {}, list(new)
     since = now - timedelta(seconds=window_seconds)
-    prior = await alert_store.prior_episodes(conn, new, since=since)
-    incidents_of = await alert_store.incident_ids_of(conn, [latest for _, latest in
-                                                            prior.values()])
+    prior = {alert_id: earlier.since(alert, since) for alert, alert_id in new}
+    incidents_of = await alert_store.incident_ids_of(
+        conn, [latest for count, latest in prior.values() if count])
     candidates = {max(incs) for incs in incidents_of.values() if incs}
     reopened = await store.transition(
         conn, sorted(candidates), allowed_from=(IncidentStatus.RESOLVED,),
@@ -278,7 +279,7 @@ async def reopen_for_alerts(
     joins: dict[int, list[Placed]] = {}
     rest: list[Placed] = []
     for alert, alert_id in new:
-        _, latest = prior.get((alert.source, alert.fingerprint), (0, 0))
+        _, latest = prior[alert_id]
         target = max(incidents_of.get(latest, (0,)))
         if target in ids:
             joins.setdefault(target, []).append((alert, alert_id))

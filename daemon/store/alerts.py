@@ -177,21 +177,36 @@ async def list_alerts(
     return list(await conn.execute(query))
 
 
-async def prior_episodes(
+@dataclass(frozen=True, slots=True)
+class EarlierFirings:
+    """Earlier alerts of the identities of new alerts: (alert id, first seen), oldest first."""
+
+    by_identity: dict[tuple[str, str], list[tuple[int, datetime]]]
+
+    def since(self, alert: Alert, start: datetime) -> tuple[int, int]:
+        """How often the alert's identity fired since `start`, and the latest of those ids."""
+        found = [i for i, seen in self.by_identity.get((alert.source, alert.fingerprint), ())
+                 if seen >= start]
+        return len(found), max(found, default=0)
+
+
+async def earlier_firings(
     conn: AsyncConnection, new: Sequence[tuple[Alert, int]], *, since: datetime
-) -> dict[tuple[str, str], tuple[int, int]]:
-    """For new alerts, how often their identity fired before since `since`, and the
-    latest of those earlier alerts: (source, fingerprint) → (count, latest alert id)."""
+) -> EarlierFirings:
+    """One query per batch serves both flapping and reopening."""
     if not new:
-        return {}
+        return EarlierFirings({})
     keys = [(a.source, a.fingerprint) for a, _ in new]
     result = await conn.execute(
-        sa.select(alerts.c.source, alerts.c.fingerprint, sa.func.count(), sa.func.max(alerts.c.id))
+        sa.select(alerts.c.source, alerts.c.fingerprint, alerts.c.id, alerts.c.first_seen)
         .where(sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(keys),
                alerts.c.first_seen >= since, alerts.c.id.not_in([i for _, i in new]))
-        .group_by(alerts.c.source, alerts.c.fingerprint)
+        .order_by(alerts.c.id)
     )
-    return {(r[0], r[1]): (r[2], r[3]) for r in result}
+    out: dict[tuple[str, str], list[tuple[int, datetime]]] = {}
+    for r in result:
+        out.setdefault((r.source, r.fingerprint), []).append((r.id, r.first_seen))
+    return EarlierFirings(out)
 
 
 async def mark_flapping(conn: AsyncConnection, alert_ids: Sequence[int]) -> None:

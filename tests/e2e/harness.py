@@ -30,6 +30,8 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import require
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,12 +82,10 @@ def require_binary(name: str) -> str:
     when `CI=true`: the test fails, because CI must run every e2e test.
     """
     path = shutil.which(name)
-    if path:
-        return path
-    reason = f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+    require(path is not None,
+            f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)")
+    assert path is not None
+    return path
 
 
 def short_json(value: Any, limit: int = 4000) -> str:
