@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.itsm.calendar import CalendarConfig
+
 ENV_PREFIX = "INCIDENTD_"
 
 
@@ -282,6 +284,125 @@ class LifecycleConfig(_Strict):
     close_after_seconds: int = Field(default=86_400, gt=0)
 
 
+class SlaPolicy(_Strict):
+    """Response (acknowledge) and resolution targets for some priorities, in a calendar."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    priorities: list[PriorityName] = Field(min_length=1)
+    response_seconds: int = Field(gt=0)
+    resolution_seconds: int = Field(gt=0)
+    # A name under `sla.calendars`, or `24x7`.
+    calendar: str = "24x7"
+
+
+def _default_sla_policies() -> list[SlaPolicy]:
+    hour = 3600
+    targets = {"P1": (15 * 60, 4 * hour), "P2": (30 * 60, 8 * hour), "P3": (4 * hour, 24 * hour),
+               "P4": (8 * hour, 72 * hour), "P5": (24 * hour, 168 * hour)}
+    return [SlaPolicy(name=p.lower(), priorities=[p],  # type: ignore[list-item]
+                      response_seconds=r, resolution_seconds=s)
+            for p, (r, s) in targets.items()]
+
+
+class SlaConfig(_Strict):
+    # Warn once at each of these fractions of a target; the breach comes at 1.0.
+    warn_at: list[float] = Field(default_factory=lambda: [0.75])
+    # How often the timer job looks for warnings and breaches that fell due.
+    check_interval_seconds: float = Field(default=10.0, gt=0)
+    calendars: dict[str, CalendarConfig] = Field(default_factory=dict)
+    policies: list[SlaPolicy] = Field(default_factory=_default_sla_policies)
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value):
+            raise ValueError("warning fractions must be between 0 and 1 (exclusive)")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _references(self) -> SlaConfig:
+        names = set(self.calendars) | {"24x7"}
+        for policy in self.policies:
+            if policy.calendar not in names:
+                raise ValueError(f"policy {policy.name!r}: unknown calendar {policy.calendar!r} "
+                                 f"(known: {', '.join(sorted(names))})")
+        seen: dict[str, str] = {}
+        for policy in self.policies:
+            for p in policy.priorities:
+                if p in seen:
+                    raise ValueError(f"priority {p} is in policies {seen[p]!r} and "
+                                     f"{policy.name!r}; give each priority one policy")
+                seen[p] = policy.name
+        return self
+
+
+class EscalationLevel(_Strict):
+    # Who is notified at this level: `user:alice`, `team:dba`, `webhook:ops-chat` …
+    targets: list[str] = Field(min_length=1)
+    # How long this level has to acknowledge before the next one is notified.
+    timeout_seconds: int = Field(default=900, gt=0)
+
+    @field_validator("targets")
+    @classmethod
+    def _typed(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if ":" not in t or not t.split(":", 1)[1]]
+        if bad:
+            raise ValueError(f"targets are written kind:name (e.g. user:alice), got {bad}")
+        return value
+
+
+class EscalationPolicy(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    levels: list[EscalationLevel] = Field(min_length=1)
+    # How many more times the whole ladder runs after the last level times out.
+    repeat: int = Field(default=0, ge=0, le=100)
+
+
+class EscalationRule(_Strict):
+    """Choose `policy` for incidents matching every given condition."""
+
+    services: list[str] | None = None  # any impacted business service among these
+    priorities: list[PriorityName] | None = None
+    policy: str
+
+
+class EscalationConfig(_Strict):
+    policies: list[EscalationPolicy] = Field(default_factory=list)
+    rules: list[EscalationRule] = Field(default_factory=list)
+    # For incidents no rule matches; none: such incidents do not escalate.
+    default_policy: str | None = None
+    check_interval_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _references(self) -> EscalationConfig:
+        names = [p.name for p in self.policies]
+        if len(set(names)) != len(names):
+            raise ValueError("escalation policy names must be unique")
+        wanted = [r.policy for r in self.rules] + ([self.default_policy]
+                                                   if self.default_policy else [])
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(f"unknown escalation policy {', '.join(unknown)} "
+                             f"(known: {', '.join(names) or 'none'})")
+        return self
+
+
+class ProblemsConfig(_Strict):
+    # Incidents with the same root-cause CI and alert name, this many within the
+    # window, open a problem record.
+    recurrences: int = Field(default=3, ge=2)
+    window_seconds: int = Field(default=7 * 86_400, gt=0)
+
+
+class ChangesConfig(_Strict):
+    # Changes on an incident's CIs or upstream this long before it are suspects.
+    suspect_window_seconds: int = Field(default=86_400, gt=0)
+    # During an approved change's window, alerts on CIs that depend on its CIs
+    # are maintenance noise too (not only alerts on the changed CIs).
+    maintenance_includes_dependents: bool = True
+    check_interval_seconds: float = Field(default=30.0, gt=0)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -297,6 +418,10 @@ class Config(_Strict):
     correlation: CorrelationConfig = CorrelationConfig()
     priority: PriorityConfig = PriorityConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    sla: SlaConfig = SlaConfig()
+    escalation: EscalationConfig = EscalationConfig()
+    problems: ProblemsConfig = ProblemsConfig()
+    changes: ChangesConfig = ChangesConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -175,6 +175,12 @@ class TimelineKind(enum.StrEnum):
     RESUMED = "resumed"
     REOPENED = "reopened"
     CLOSED = "closed"
+    SLA_WARNING = "sla_warning"
+    SLA_BREACHED = "sla_breached"
+    ESCALATED = "escalated"
+    PROBLEM_LINKED = "problem_linked"
+    WORKAROUND = "workaround"
+    CHANGE_SUSPECTED = "change_suspected"
 
 
 SYSTEM_ACTOR = "incidentd"
@@ -235,6 +241,7 @@ class Incident:
     impacted_cis: tuple[str, ...] = ()
     impacted_services: tuple[str, ...] = ()
     merged_into: int | None = None
+    alert_name: str | None = None
     alerts: tuple[IncidentAlert, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
 

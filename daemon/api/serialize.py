@@ -59,6 +59,7 @@ def incident_json(i: Incident, *, detail: bool = False) -> dict[str, Any]:
         "impacted_cis": list(i.impacted_cis),
         "impacted_services": list(i.impacted_services),
         "merged_into": incident_key(i.merged_into) if i.merged_into else None,
+        "alert_name": i.alert_name,
         "alerts": [alert_json(a) for a in i.alerts],
     }
     if detail:

@@ -60,7 +60,7 @@ async def open_incidents(
     for group in groups:
         lead = min(group.alerts, key=lambda m: m[0].severity.rank)[0]
         specs.append(NewIncident(title=lead.summary, severity=lead.severity,
-                                 group_key=group.group_key))
+                                 group_key=group.group_key, alert_name=alert_name(lead)))
     ids = await store.insert_incidents(conn, specs, now)
     links: list[tuple[int, int, str]] = []
     entries: list[tuple[int, TimelineEntry]] = []
@@ -83,6 +83,11 @@ async def open_incidents(
         )
         for i, s in zip(ids, specs, strict=True)
     ]
+
+
+def alert_name(alert: Alert) -> str:
+    """What kind of failure an alert reports: its `alertname`, else its summary."""
+    return (alert.labels.get("alertname") or alert.summary)[:255]
 
 
 def initial_role(alert: Alert) -> str:

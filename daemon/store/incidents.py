@@ -32,6 +32,7 @@ class NewIncident:
     title: str
     severity: Severity
     group_key: str
+    alert_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +94,7 @@ async def insert_incidents(
             "status": IncidentStatus.TRIGGERED.value,
             "severity": n.severity.value,
             "group_key": n.group_key,
+            "alert_name": n.alert_name,
             "created_at": now,
         }
         for n in new
@@ -279,6 +281,7 @@ def _incident(
         impacted_cis=tuple(row.impacted_cis),
         impacted_services=tuple(row.impacted_services),
         merged_into=row.merged_into,
+        alert_name=row.alert_name,
         alerts=members,
         timeline=history,
     )

@@ -98,7 +98,11 @@ incidents = sa.Table(
     sa.Column("impacted_cis", sa.JSON(), nullable=False, server_default="[]"),
     sa.Column("impacted_services", sa.JSON(), nullable=False, server_default="[]"),
     sa.Column("merged_into", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+    # The alert name of the alert that opened it: with the root-cause CI, what
+    # recurring-incident (problem) detection compares.
+    sa.Column("alert_name", sa.String(255), nullable=True),
     sa.Index("ix_incidents_status_id", "status", "id"),
+    sa.Index("ix_incidents_root_cause_ci_alert_name", "root_cause_ci", "alert_name"),
     sa.Index("ix_incidents_group_key_status", "group_key", "status"),
 )
 
@@ -152,7 +156,115 @@ changes = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("details", sa.JSON(), nullable=False),
     sa.Column("links", sa.JSON(), nullable=False),
+    # ITSM change record fields (a PagerDuty change event is a completed standard change).
+    sa.Column("type", sa.String(16), nullable=False, server_default="standard"),
+    sa.Column("state", sa.String(16), nullable=False, server_default="completed"),
+    sa.Column("cis", sa.JSON(), nullable=False, server_default="[]"),
+    sa.Column("planned_start", UTCDateTime(), nullable=True),
+    sa.Column("planned_end", UTCDateTime(), nullable=True),
+    sa.Column("approver", sa.String(255), nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=True),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
     sa.Index("ix_changes_occurred_at", "occurred_at"),
+    sa.Index("ix_changes_state_planned_end", "state", "planned_end"),
+)
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _incident_fk() -> sa.Column[Any]:
+    return sa.Column("incident_id", _ID, sa.ForeignKey("incidents.id", ondelete="CASCADE"),
+                     primary_key=True)
+
+
+# One row per incident and SLA clock (`response`, `resolution`). Business time
+# elapsed is `elapsed_seconds` up to `since`, plus the calendar's time from
+# `since` to now while it runs (`since` is NULL when paused or stopped).
+sla_clocks = sa.Table(
+    "sla_clocks",
+    metadata,
+    _incident_fk(),
+    sa.Column("clock", sa.String(16), primary_key=True),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("priority", sa.String(2), nullable=False),
+    sa.Column("target_seconds", sa.Integer(), nullable=False),
+    sa.Column("elapsed_seconds", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("since", UTCDateTime(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    # running | met | breached | cancelled; `paused` is separate (a breached clock can pause)
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("warned", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("due_at", UTCDateTime(), nullable=True),
+    sa.Column("breached_at", UTCDateTime(), nullable=True),
+    sa.Column("stopped_at", UTCDateTime(), nullable=True),
+    # When the sweep must look at it next (a warning or the breach); NULL: never.
+    sa.Column("next_check_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_sla_clocks_next_check_at", "next_check_at"),
+)
+
+# The escalation state of an incident: which level of which policy was notified.
+escalations = sa.Table(
+    "escalations",
+    metadata,
+    _incident_fk(),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("level", sa.Integer(), nullable=False),  # 0-based index into the levels
+    sa.Column("cycle", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("state", sa.String(16), nullable=False),  # active | stopped | exhausted
+    sa.Column("next_at", UTCDateTime(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_escalations_next_at", "next_at"),
+)
+
+problems = sa.Table(
+    "problems",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | known_error | resolved | closed
+    sa.Column("root_cause_ci", sa.String(255), nullable=True),
+    sa.Column("alert_name", sa.String(255), nullable=True),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("workaround", sa.Text(), nullable=True),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_problems_root_cause_ci_alert_name", "root_cause_ci", "alert_name"),
+)
+
+problem_incidents = sa.Table(
+    "problem_incidents",
+    metadata,
+    sa.Column("problem_id", _ID, sa.ForeignKey("problems.id", ondelete="CASCADE"),
+              primary_key=True),
+    _incident_fk(),
+    sa.Column("linked_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_problem_incidents_incident_id", "incident_id"),
+)
+
+# Alerts that fired on a CI under an approved change's maintenance window.
+change_alerts = sa.Table(
+    "change_alerts",
+    metadata,
+    sa.Column("change_id", _ID, sa.ForeignKey("changes.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("alert_id", _ID, sa.ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("linked_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_change_alerts_alert_id", "alert_id"),
+)
+
+# Changes suspected of causing an incident (on its CIs or upstream, shortly before).
+change_incidents = sa.Table(
+    "change_incidents",
+    metadata,
+    sa.Column("change_id", _ID, sa.ForeignKey("changes.id", ondelete="CASCADE"),
+              primary_key=True),
+    _incident_fk(),
+    sa.Column("linked_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_change_incidents_incident_id", "incident_id"),
 )
 
 cis = sa.Table(
