@@ -299,7 +299,7 @@ def _default_sla_policies() -> list[SlaPolicy]:
     hour = 3600
     targets = {"P1": (15 * 60, 4 * hour), "P2": (30 * 60, 8 * hour), "P3": (4 * hour, 24 * hour),
                "P4": (8 * hour, 72 * hour), "P5": (24 * hour, 168 * hour)}
-    return [SlaPolicy(name=p.lower(), priorities=[p],  # type: ignore[list-item]
+    return [SlaPolicy(name=p.lower(), priorities=[p],
                       response_seconds=r, resolution_seconds=s)
             for p, (r, s) in targets.items()]
 
