@@ -101,6 +101,44 @@ INGEST_QUEUED = Gauge(
     registry=REGISTRY,
 )
 
+SLA_WARNINGS = Counter(
+    "incidentd_sla_warnings_total",
+    "SLA clocks that crossed a warning fraction of their target, by clock and priority.",
+    ["clock", "priority"],
+    registry=REGISTRY,
+)
+SLA_BREACHES = Counter(
+    "incidentd_sla_breaches_total",
+    "SLA clocks that reached their target (response: not acknowledged in time; resolution:"
+    " not resolved in time), by clock and priority.",
+    ["clock", "priority"],
+    registry=REGISTRY,
+)
+SLA_MET = Counter(
+    "incidentd_sla_met_total",
+    "SLA clocks stopped before their target, by clock and priority.",
+    ["clock", "priority"],
+    registry=REGISTRY,
+)
+ESCALATIONS = Counter(
+    "incidentd_escalations_total",
+    "Escalation levels notified, by policy and reason (opened, timeout, manual, restarted).",
+    ["policy", "reason"],
+    registry=REGISTRY,
+)
+PROBLEMS_OPENED = Counter(
+    "incidentd_problems_opened_total",
+    "Problem records opened, by how (recurrence or manual).",
+    ["how"],
+    registry=REGISTRY,
+)
+ALERTS_SUPPRESSED = Counter(
+    "incidentd_alerts_suppressed_total",
+    "New firing alerts that opened no incident because a maintenance window (an approved"
+    " change) covered their CI.",
+    registry=REGISTRY,
+)
+
 for _sev in Severity:
     INCIDENTS_OPEN.labels(_sev.value)
     INCIDENTS_OPENED.labels(_sev.value)
