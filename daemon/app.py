@@ -23,6 +23,8 @@ from daemon.api.changes import ChangeRoutes
 from daemon.api.cmdb import CmdbRoutes
 from daemon.api.health import HealthRoutes
 from daemon.api.incidents import IncidentRoutes
+from daemon.api.problems import ProblemRoutes
+from daemon.api.reports import ReportRoutes
 from daemon.api.responses import errors_middleware
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config, ConfigError
@@ -34,6 +36,8 @@ from daemon.ingest import IngestWriter, Pipeline
 from daemon.itsm.actions import Actions
 from daemon.itsm.changes import ChangeRecorder
 from daemon.itsm.cmdb import Cmdb, CmdbInvalid
+from daemon.itsm.followup import FollowUp
+from daemon.itsm.maintenance import Maintenance
 from daemon.itsm.priority import PriorityMatrix
 from daemon.receivers.auth import Credentials
 from daemon.receivers.endpoint import Intake
@@ -56,6 +60,7 @@ class Components:
     cmdb: Cmdb
     scheduler: AsyncIOScheduler
     jobs: Jobs
+    followup: FollowUp
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -68,8 +73,10 @@ def api_credentials(config: Config) -> Credentials:
     return Credentials(bearer=resolved.values)
 
 
-def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock) -> Pipeline:
-    """The ingest stages, in order: bind → dedup → flapping → correlation → incidents."""
+def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
+                   followup: FollowUp | None = None) -> Pipeline:
+    """The ingest stages, in order: bind → dedup → flapping → maintenance → correlation →
+    incidents → follow-up."""
     corr = config.correlation
     return Pipeline(
         binder=Binder(compile_rules(corr.binding), topology),
@@ -79,7 +86,9 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock) -> Pi
         ),
         flapping=FlapDetector(changes=corr.flapping_changes,
                               window_seconds=corr.flapping_window_seconds),
+        maintenance=Maintenance(config.changes, topology, depth=corr.max_depth),
         priorities=PriorityMatrix(config.priority),
+        followup=followup or FollowUp(config, topology),
         reopen_window_seconds=config.lifecycle.reopen_window_seconds,
         topology=topology,
         clock=clock,
@@ -87,11 +96,12 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock) -> Pi
 
 
 def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
-              health: HealthRoutes, cmdb: Cmdb) -> web.Application:
+              health: HealthRoutes, cmdb: Cmdb, topology: TopologyHolder,
+              followup: FollowUp) -> web.Application:
     intake = Intake(
         integrations=build_integrations(config, clock),
         alerts=writer,
-        changes=ChangeRecorder(store=store, clock=clock),
+        changes=ChangeRecorder(store=store, clock=clock, topology=topology),
         clock=clock,
     )
     app = web.Application(
@@ -100,9 +110,13 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
         client_max_size=max(config.server.max_body_bytes, 1024 * 1024) * 2,
     )
     app.add_routes(health.routes())
-    actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority))
-    app.add_routes(IncidentRoutes(store=store, actions=actions).routes())
-    app.add_routes(ChangeRoutes(store=store).routes())
+    actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority),
+                      followup=followup)
+    app.add_routes(IncidentRoutes(store=store, actions=actions, followup=followup,
+                                  clock=clock).routes())
+    app.add_routes(ProblemRoutes(store=store, clock=clock, problems=followup.problems).routes())
+    app.add_routes(ChangeRoutes(store=store, clock=clock, topology=topology).routes())
+    app.add_routes(ReportRoutes(store=store, clock=clock).routes())
     app.add_routes(CmdbRoutes(cmdb=cmdb, store=store).routes())
     app.add_routes(intake.routes())
     return app
@@ -126,19 +140,22 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     except CmdbInvalid as err:
         await store.close()
         raise ConfigError(err.describe()) from None
+    followup = FollowUp(config, topology)
+    pipeline = build_pipeline(config, topology, clock, followup)
     writer = IngestWriter(
-        store=store, pipeline=build_pipeline(config, topology, clock),
+        store=store, pipeline=pipeline,
         max_queued_alerts=config.ingest.max_queued_alerts,
         max_batch_alerts=config.ingest.max_batch_alerts,
         retry_after_seconds=config.ingest.retry_after_seconds,
     )
     writer.start()
-    jobs = Jobs(store=store, clock=clock, lifecycle=config.lifecycle)
-    scheduler = start_scheduler(jobs)
+    jobs = Jobs(store=store, clock=clock, config=config, followup=followup, pipeline=pipeline)
+    scheduler = start_scheduler(jobs, config)
     health = HealthRoutes(store=store)
-    app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb)
+    app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb,
+                    topology=topology, followup=followup)
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
-                      cmdb=cmdb, scheduler=scheduler, jobs=jobs)
+                      cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup)
 
 
 async def stop(components: Components) -> None:

@@ -28,8 +28,10 @@ from daemon.correlation.flapping import FlapDetector
 from daemon.correlation.topology import TopologyHolder
 from daemon.errors import Overloaded
 from daemon.itsm import impact, incidents
+from daemon.itsm.followup import Effects, FollowUp
 from daemon.itsm.impact import SeverityRaised
 from daemon.itsm.incidents import Transition
+from daemon.itsm.maintenance import Maintenance
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
@@ -44,14 +46,22 @@ class BatchResult:
     received: Counter[tuple[str, str]] = field(default_factory=Counter)
     repeated: Counter[str] = field(default_factory=Counter)
     raised: list[SeverityRaised] = field(default_factory=list)
+    suppressed: int = 0  # new alerts a maintenance window kept from paging
+    touched: set[int] = field(default_factory=set)
+    effects: Effects = field(default_factory=Effects)
 
 
 class Pipeline:
-    """bind → dedup → flapping → correlation → incidents → impact, in the caller's transaction."""
+    """bind → dedup → flapping → maintenance → correlation → incidents → impact →
+    follow-up (problems, suspected changes, SLA clocks, escalation), in the caller's
+    transaction."""
 
     def __init__(self, *, binder: Binder, correlator: Correlator, flapping: FlapDetector,
-                 priorities: PriorityMatrix, topology: TopologyHolder, clock: Clock,
+                 maintenance: Maintenance, priorities: PriorityMatrix,
+                 topology: TopologyHolder, followup: FollowUp, clock: Clock,
                  reopen_window_seconds: int) -> None:
+        self._maintenance = maintenance
+        self._followup = followup
         self._priorities = priorities
         self._reopen_window = reopen_window_seconds
         self._binder = binder
@@ -69,26 +79,42 @@ class Pipeline:
         for group in dedup.rounds(self._binder.bind(batch)):
             outcome = await dedup.apply(conn, group, now)
             result.repeated.update(a.source for a in outcome.repeated)
-            placed, raised = await self._place(conn, outcome.new, now)
-            result.transitions += placed
-            result.raised += raised
+            await self._place(conn, outcome.new, now, result)
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
             result.transitions += await incidents.acknowledge_from_sources(
                 conn, outcome.acknowledged, now
             )
+        await self._follow_up(conn, result, now)
         return result
 
-    async def _place(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime
-                     ) -> tuple[list[Transition], list[SeverityRaised]]:
-        """Put new alerts into incidents: flapping ones back where they were, the rest
-        where correlation says; then work out root cause and impact again."""
+    async def release_maintenance(self, conn: AsyncConnection) -> BatchResult:
+        """Alerts still firing when their maintenance window ended get incidents now."""
+        now = self._clock.now()
+        result = BatchResult()
+        released = await self._maintenance.release(conn, now)
+        await self._place(conn, released, now, result)
+        await self._follow_up(conn, result, now)
+        return result
+
+    async def _follow_up(self, conn: AsyncConnection, result: BatchResult, now: datetime
+                         ) -> None:
+        changed = result.touched | {t.incident.id for t in result.transitions}
+        result.effects = await self._followup.after(conn, changed, now)
+
+    async def _place(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime,
+                     result: BatchResult) -> None:
+        """Put new alerts into incidents: flapping ones back where they were, alerts
+        under a maintenance window nowhere, the rest where correlation says; then work
+        out root cause and impact again."""
         if not new:
-            return [], []
+            return
         lookback = max(self._flapping.window, timedelta(seconds=self._reopen_window))
         earlier = await alert_store.earlier_firings(conn, new, since=now - lookback)
         split = await self._flapping.split(conn, new, now, earlier)
+        suppressed, steady = await self._maintenance.split(conn, split.steady, now)
+        result.suppressed += len(suppressed)
         reopened, back, steady = await incidents.reopen_for_alerts(
-            conn, split.steady, now, window_seconds=self._reopen_window, earlier=earlier)
+            conn, steady, now, window_seconds=self._reopen_window, earlier=earlier)
         plan = await self._correlator.correlate(conn, steady, now)
         opened = await incidents.open_incidents(conn, plan.opens, now)
         await incidents.attach_alerts(conn, plan.joins, now)
@@ -98,9 +124,10 @@ class Pipeline:
         touched = {t.incident.id for t in opened} | set(plan.joins) | set(split.flapping)
         touched |= set(back)
         touched |= {into for _, into in plan.merges}
-        raised = await impact.refresh(conn, self._topology.current, touched, now,
-                                      priorities=self._priorities)
-        return reopened + opened + merged, raised
+        result.raised += await impact.refresh(conn, self._topology.current, touched, now,
+                                              priorities=self._priorities)
+        result.transitions += reopened + opened + merged
+        result.touched |= touched
 
 
 @dataclass(slots=True)
@@ -220,7 +247,7 @@ class IngestWriter:
             return
         metrics.INGEST_DURATION.observe(time.perf_counter() - started)
         metrics.INGEST_BATCH_ALERTS.observe(len(batch))
-        _record(result)
+        record(result)
         for pending in taken:
             if not pending.done.done():
                 pending.done.set_result(None)
@@ -232,12 +259,16 @@ def _fail(taken: Sequence[_Pending], err: BaseException) -> None:
             pending.done.set_exception(err)
 
 
-def _record(result: BatchResult) -> None:
+def record(result: BatchResult) -> None:
+    """Metrics and log lines of a committed batch."""
     for (source, status), n in result.received.items():
         metrics.ALERTS_RECEIVED.labels(source, status).inc(n)
     for source, n in result.repeated.items():
         metrics.ALERTS_DEDUPLICATED.labels(source).inc(n)
     incidents.record_metrics(result.transitions)
+    result.effects.record_metrics()
+    if result.suppressed:
+        metrics.ALERTS_SUPPRESSED.inc(result.suppressed)
     for change in result.raised:
         metrics.INCIDENTS_OPEN.labels(change.before.value).dec()
         metrics.INCIDENTS_OPEN.labels(change.after.value).inc()

@@ -260,6 +260,17 @@ class ChangeRecord:
     occurred_at: datetime
     details: dict[str, Any] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
+    # ITSM change record fields; the defaults describe a change event (a deploy
+    # that already happened). Values are those of `daemon.itsm.changes`' enums.
+    type: str = "standard"  # standard | normal | emergency
+    # requested | approved | in_progress | completed | cancelled | rejected
+    state: str = "completed"
+    cis: tuple[str, ...] = ()  # CMDB CI ids it touches
+    planned_start: datetime | None = None
+    planned_end: datetime | None = None
+    approver: str | None = None
+    outcome: str | None = None  # successful | failed | backed_out, once completed
+    description: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

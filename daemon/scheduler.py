@@ -1,20 +1,25 @@
-"""Timers: APScheduler runs the periodic ITSM jobs (for now: closing quiet incidents).
+"""Timers: APScheduler runs the periodic ITSM jobs.
 
-Every job reads what is due from the store, so a restart loses nothing:
-whatever fell due while the daemon was down is done at the first run.
+Closing quiet incidents, SLA warnings and breaches, escalation timeouts and
+the end of maintenance windows. Every job reads what is due from the store,
+so a restart loses nothing: whatever fell due while the daemon was down is
+done at the first run, which comes at once when the scheduler starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.clock import Clock
-from daemon.config import LifecycleConfig
+from daemon.config import Config
+from daemon.ingest import BatchResult, Pipeline, record
 from daemon.itsm import incidents
+from daemon.itsm.followup import Effects, FollowUp
 from daemon.models import incident_key
 from daemon.store import Store, StoreUnavailable
 
@@ -22,10 +27,13 @@ log = structlog.get_logger("incidentd.scheduler")
 
 
 class Jobs:
-    def __init__(self, *, store: Store, clock: Clock, lifecycle: LifecycleConfig) -> None:
+    def __init__(self, *, store: Store, clock: Clock, config: Config, followup: FollowUp,
+                 pipeline: Pipeline) -> None:
         self._store = store
         self._clock = clock
-        self._lifecycle = lifecycle
+        self._config = config
+        self._followup = followup
+        self._pipeline = pipeline
         self._running: set[asyncio.Task[object]] = set()
         self._closing = False
 
@@ -36,36 +44,82 @@ class Jobs:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def close_quiet_incidents(self) -> int:
+        return await self._guarded("closing quiet incidents", self._close_quiet)
+
+    async def check_sla(self) -> int:
+        return await self._guarded("checking SLA clocks", self._check_sla)
+
+    async def escalate_unacknowledged(self) -> int:
+        return await self._guarded("escalating", self._escalate)
+
+    async def release_maintenance(self) -> int:
+        return await self._guarded("ending maintenance windows", self._release)
+
+    async def _guarded(self, what: str, job: Callable[[], Awaitable[int]]) -> int:
         if self._closing:
             return 0
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
         try:
-            return await self._close_quiet()
+            return await job()
+        except StoreUnavailable as err:
+            log.warning(f"store unavailable; {what} later", reason=str(err))
+            return 0
         finally:
             self._running.discard(task)
 
     async def _close_quiet(self) -> int:
         now = self._clock.now()
-        before = now - timedelta(seconds=self._lifecycle.close_after_seconds)
-        try:
-            async with self._store.write() as conn:
-                closed = await incidents.close_quiet(conn, resolved_before=before, now=now)
-        except StoreUnavailable as err:
-            log.warning("store unavailable; closing quiet incidents later", reason=str(err))
-            return 0
+        before = now - timedelta(seconds=self._config.lifecycle.close_after_seconds)
+        async with self._store.write() as conn:
+            closed = await incidents.close_quiet(conn, resolved_before=before, now=now)
         for t in closed:
             log.info("incident closed", incident_id=t.incident.id,
                      incident=incident_key(t.incident.id))
         return len(closed)
 
+    async def _check_sla(self) -> int:
+        now = self._clock.now()
+        async with self._store.write() as conn:
+            events = await self._followup.sla.sweep(conn, now)
+        Effects(sla=events).record_metrics()
+        for e in events:
+            log.warning(f"SLA {e.kind}", incident_id=e.incident_id,
+                        incident=incident_key(e.incident_id), clock=e.clock,
+                        priority=e.priority, fraction=e.fraction)
+        return len(events)
 
-def start_scheduler(jobs: Jobs, *, interval_seconds: float = 60) -> AsyncIOScheduler:
+    async def _escalate(self) -> int:
+        now = self._clock.now()
+        async with self._store.write() as conn:
+            events = await self._followup.escalations.sweep(conn, now)
+        Effects(escalations=events).record_metrics()
+        for e in events:
+            log.info("escalated", incident_id=e.incident_id, incident=incident_key(e.incident_id),
+                     policy=e.policy, level=e.level, targets=list(e.targets), reason=e.reason)
+        return len(events)
+
+    async def _release(self) -> int:
+        result: BatchResult
+        async with self._store.write() as conn:
+            result = await self._pipeline.release_maintenance(conn)
+        record(result)
+        return len(result.transitions)
+
+
+def start_scheduler(jobs: Jobs, config: Config) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
-    # The first run comes at once, catching up on what fell due during downtime.
-    scheduler.add_job(jobs.close_quiet_incidents, "interval", seconds=interval_seconds,
-                      id="close-quiet-incidents", coalesce=True, max_instances=1,
-                      next_run_time=datetime.now(UTC))
+    now = datetime.now(UTC)
+    every = {
+        "close-quiet-incidents": (jobs.close_quiet_incidents, 60.0),
+        "sla-clocks": (jobs.check_sla, config.sla.check_interval_seconds),
+        "escalation": (jobs.escalate_unacknowledged, config.escalation.check_interval_seconds),
+        "maintenance-windows": (jobs.release_maintenance, config.changes.check_interval_seconds),
+    }
+    for job_id, (job, seconds) in every.items():
+        # The first run comes at once, catching up on what fell due during downtime.
+        scheduler.add_job(job, "interval", seconds=seconds, id=job_id, coalesce=True,
+                          max_instances=1, next_run_time=now)
     scheduler.start()
     return scheduler

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from daemon.ingest import Pipeline
+from daemon.scheduler import Jobs
 from daemon.store import Store, migrate
 from daemon.store.tables import metadata
 
@@ -96,6 +97,20 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
+async def reset(database_url: str) -> None:
+    """Migrate and empty the database a daemon is about to start on.
+
+    Before the start, not after: the daemon's timer jobs run at once, and
+    emptying tables under them would race (and deadlock on PostgreSQL).
+    """
+    s = Store.open(database_url)
+    try:
+        await migrate.upgrade(s)
+        await empty(s)
+    finally:
+        await s.close()
+
+
 async def empty(store: Store) -> None:
     """Empty the session's PostgreSQL database (each SQLite test has its own file)."""
     if store.dialect == "postgresql":
@@ -117,3 +132,18 @@ def make_pipeline(clock: FakeClock, topology: object = None, **correlation: obje
     holder = topology if isinstance(topology, TopologyHolder) else TopologyHolder()
     config = Config(correlation=CorrelationConfig.model_validate(correlation))
     return build_pipeline(config, holder, clock)
+
+
+def make_jobs(store: Store, clock: FakeClock, config: object = None,
+              topology: object = None) -> Jobs:
+    """The timer jobs as the daemon builds them (run them by awaiting their methods)."""
+    from daemon.app import build_pipeline
+    from daemon.config import Config
+    from daemon.correlation.topology import TopologyHolder
+    from daemon.itsm.followup import FollowUp
+
+    cfg = config if isinstance(config, Config) else Config()
+    holder = topology if isinstance(topology, TopologyHolder) else TopologyHolder()
+    followup = FollowUp(cfg, holder)
+    pipeline = build_pipeline(cfg, holder, clock, followup)
+    return Jobs(store=store, clock=clock, config=cfg, followup=followup, pipeline=pipeline)

@@ -12,8 +12,10 @@ from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
 from daemon.api.serialize import alert_json, incident_json
+from daemon.clock import Clock
 from daemon.errors import NotFound
 from daemon.itsm.actions import Actions
+from daemon.itsm.followup import FollowUp
 from daemon.models import OPEN_STATUSES, AlertStatus, IncidentStatus, Priority, incident_key
 from daemon.receivers.endpoint import read_body
 from daemon.receivers.validation import invalid_input
@@ -44,14 +46,23 @@ class PatchBody(BaseModel):
     actor: str = Field(default="api", min_length=1, max_length=255)
 
 
+class EscalateBody(ActionBody):
+    """Escalate by hand: to the next level, or to `level` (1-based)."""
+
+    level: int | None = Field(default=None, ge=1)
+
+
 # Person-driven moves, each at POST /api/v1/incidents/{id}/{action}.
 ACTIONS = ("acknowledge", "hold", "resume", "resolve", "close", "reopen")
 
 
 class IncidentRoutes:
-    def __init__(self, *, store: Store, actions: Actions) -> None:
+    def __init__(self, *, store: Store, actions: Actions, followup: FollowUp,
+                 clock: Clock) -> None:
         self._store = store
         self._actions = actions
+        self._followup = followup
+        self._clock = clock
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -59,6 +70,7 @@ class IncidentRoutes:
             web.get("/api/v1/incidents/{id}", self.get),
             *(web.post(f"/api/v1/incidents/{{id}}/{action}", self._action(action))
               for action in ACTIONS),
+            web.post("/api/v1/incidents/{id}/escalate", self.escalate),
             web.patch("/api/v1/incidents/{id}", self.patch),
             web.get("/api/v1/alerts", self.list_alerts),
         ]
@@ -72,8 +84,9 @@ class IncidentRoutes:
                 conn, statuses=_statuses(q.get("status")), limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")),
             )
-        shown, next_cursor = page(items, limit)
-        return json_response({"items": [incident_json(i) for i in shown],
+            shown, next_cursor = page(items, limit)
+            itsm = await self._followup.views(conn, [i.id for i in shown], self._clock.now())
+        return json_response({"items": [incident_json(i) | itsm[i.id] for i in shown],
                               "next_cursor": next_cursor})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -87,6 +100,13 @@ class IncidentRoutes:
             return await self._detail(incident_id)
 
         return handle
+
+    async def escalate(self, request: web.Request) -> web.Response:
+        incident_id = params.incident_id(request.match_info["id"])
+        body = await _body(request, EscalateBody)
+        await self._actions.escalate(incident_id, actor=body.actor, note=body.note,
+                                     level=body.level)
+        return await self._detail(incident_id)
 
     async def patch(self, request: web.Request) -> web.Response:
         incident_id = params.incident_id(request.match_info["id"])
@@ -121,9 +141,10 @@ class IncidentRoutes:
     async def _detail(self, incident_id: int) -> web.Response:
         async with self._store.read() as conn:
             incident = await incident_store.get_incident(conn, incident_id)
-        if incident is None:
-            raise NotFound(f"no incident {incident_key(incident_id)}")
-        return json_response(incident_json(incident, detail=True))
+            if incident is None:
+                raise NotFound(f"no incident {incident_key(incident_id)}")
+            itsm = await self._followup.views(conn, [incident_id], self._clock.now())
+        return json_response(incident_json(incident, detail=True) | itsm[incident_id])
 
 
 def _statuses(raw: str | None) -> list[IncidentStatus] | None:

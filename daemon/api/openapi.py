@@ -11,7 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from daemon import __version__
-from daemon.api.incidents import ActionBody
+from daemon.api.changes import EditBody, NewChangeBody
+from daemon.api.incidents import ActionBody, EscalateBody, PatchBody
+from daemon.api.problems import NewProblemBody, PatchProblemBody
 from daemon.itsm.cmdb_documents import CIDocument, CIModel
 from daemon.receivers.alertmanager import WebhookMessage
 from daemon.receivers.generic import GenericBody
@@ -26,6 +28,12 @@ _MODELS: dict[str, type[BaseModel]] = {
     "PagerDutyEvent": PDEvent,
     "PagerDutyChangeEvent": PDChangeEvent,
     "ActionBody": ActionBody,
+    "EscalateBody": EscalateBody,
+    "PriorityBody": PatchBody,
+    "NewChange": NewChangeBody,
+    "ChangeEdit": EditBody,
+    "NewProblem": NewProblemBody,
+    "ProblemEdit": PatchProblemBody,
     "CI": CIModel,
     "CmdbDocument": CIDocument,
 }
@@ -62,6 +70,12 @@ def _action(summary: str) -> dict[str, Any]:
     }}
 
 
+def _write(summary: str, model: str, ok: str) -> dict[str, Any]:
+    return {"summary": summary, "security": [{"apiToken": []}], "requestBody": _body(model),
+            "responses": {ok: {"description": "The record"}, "400": _ERROR, "404": _ERROR,
+                          "409": _ERROR}}
+
+
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for name, model in _MODELS.items():
@@ -91,10 +105,43 @@ def document() -> dict[str, Any]:
             "/v2/change/enqueue": _ingest(
                 "PagerDuty change events", "PagerDutyChangeEvent", "202", "routingKey"),
             "/api/v1/incidents": _read("List incidents, newest first"),
-            "/api/v1/incidents/{id}": _read("One incident with alerts and timeline"),
-            "/api/v1/incidents/{id}/acknowledge": _action("Acknowledge an incident"),
-            "/api/v1/incidents/{id}/resolve": _action("Resolve an incident"),
-            "/api/v1/changes": _read("List change records, newest first"),
+            "/api/v1/incidents/{id}": {
+                **_read("One incident with alerts, timeline, SLA clocks, escalation, problems "
+                        "and suspected changes"),
+                "patch": _write("Set the priority by hand (with a reason)", "PriorityBody",
+                                "200"),
+            },
+            **{f"/api/v1/incidents/{{id}}/{action}": _action(summary) for action, summary in (
+                ("acknowledge", "Acknowledge an incident"),
+                ("hold", "Put an incident on hold (SLA clocks pause)"),
+                ("resume", "Resume an incident on hold"),
+                ("resolve", "Resolve an incident"),
+                ("close", "Close a resolved incident"),
+                ("reopen", "Reopen a resolved incident"))},
+            "/api/v1/incidents/{id}/escalate": {"post": {
+                **_action("Notify the next (or a given) escalation level")["post"],
+                "requestBody": {**_body("EscalateBody"), "required": False}}},
+            "/api/v1/changes": {
+                **_read("List change records, newest first (filter: state)"),
+                "post": _write("Record a change", "NewChange", "201"),
+            },
+            "/api/v1/changes/{id}": {
+                **_read("One change, with the alerts its window held back and the incidents "
+                        "it is suspected in"),
+                "patch": _write("Move or edit a change", "ChangeEdit", "200"),
+            },
+            "/api/v1/problems": {
+                **_read("List problems, newest first (filter: status)"),
+                "post": _write("Open a problem by hand", "NewProblem", "201"),
+            },
+            "/api/v1/problems/{id}": {
+                **_read("One problem with its incidents"),
+                "patch": _write("Edit a problem, mark it a known error, resolve it",
+                                "ProblemEdit", "200"),
+            },
+            "/api/v1/reports/summary": _read(
+                "Incident counts, MTTA, MTTR, SLA compliance, reopen rate, noise reduction and "
+                "change success rate (since, until, service, priority)"),
             "/api/v1/cmdb/cis": _read("List configuration items (filters: type, service)"),
             "/api/v1/cmdb/cis/{id}": {
                 **_read("One configuration item, with its dependents"),

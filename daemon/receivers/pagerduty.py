@@ -193,6 +193,11 @@ def to_event(event: PDEvent, *, integration: str, dedup_key: str, clock: Clock) 
 
 
 def to_change(event: PDChangeEvent, *, integration: str, clock: Clock) -> ChangeRecord:
+    """A change event is a standard change that already happened.
+
+    Its CIs here are those named in `custom_details.ci`/`cis`; the recorder
+    prefers `payload.source` when that names a known CI (it has the graph).
+    """
     p = event.payload
     details: dict[str, Any] = {}
     if p.custom_details is not None:
@@ -206,4 +211,21 @@ def to_change(event: PDChangeEvent, *, integration: str, clock: Clock) -> Change
         occurred_at=p.timestamp or clock.now(),
         details=details,
         links=tuple(Link(href=link.href, text=link.text) for link in event.links),
+        type="standard",
+        state="completed",
+        cis=_change_cis(p.custom_details),
     )
+
+
+_MAX_CHANGE_CIS = 100
+
+
+def _change_cis(custom: Any) -> tuple[str, ...]:
+    """`custom_details.ci` (one id) or `custom_details.cis` (a list); anything else: none."""
+    if not isinstance(custom, dict):
+        return ()
+    given = custom.get("cis", custom.get("ci"))
+    values = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+    # Free-form details: keep only plausible ids, once each, in the order given.
+    ids = (v.strip() for v in values if isinstance(v, str))
+    return tuple(dict.fromkeys(i for i in ids if 0 < len(i) <= 255))[:_MAX_CHANGE_CIS]

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from daemon.models import Alert, AlertStatus
+from daemon.models import Alert, AlertStatus, Link, Severity
 from daemon.store.tables import UTCDateTime, alerts, incident_alerts
 
 FIRING = sa.text("status = 'firing'")
@@ -214,3 +214,24 @@ async def mark_flapping(conn: AsyncConnection, alert_ids: Sequence[int]) -> None
         await conn.execute(
             sa.update(alerts).where(alerts.c.id.in_(alert_ids)).values(flapping=True)
         )
+
+
+def alert_from_row(row: Any) -> Alert:
+    """The domain value of a stored alert (a row of `alerts`), e.g. to correlate it later."""
+    return Alert(
+        source=row.source,
+        integration=row.integration,
+        fingerprint=row.fingerprint,
+        status=AlertStatus(row.status),
+        severity=Severity(row.severity),
+        summary=row.summary,
+        labels=row.labels,
+        annotations=row.annotations,
+        starts_at=row.starts_at,
+        ends_at=row.ends_at,
+        generator_url=row.generator_url,
+        group_key=row.group_key,
+        ci_id=row.ci_id,
+        links=tuple(Link(href=x["href"], text=x.get("text", "")) for x in row.links),
+        details=row.details,
+    )

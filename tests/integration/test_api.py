@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from daemon import app as daemon_app
 from daemon.config import Overrides, load_config
-from tests.conftest import empty, fixture_bytes
+from tests.conftest import fixture_bytes, reset
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "incidentd.example.yaml"
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -26,8 +26,8 @@ async def client(
     monkeypatch.setenv("INCIDENTD_ALERTMANAGER_TOKEN", "am-token")
     env = {"INCIDENTD_SERVER_MAX_BODY_BYTES": "4096"}
     config = load_config(EXAMPLE, environ=env, overrides=Overrides(database_url=database_url))
+    await reset(database_url)
     components = await daemon_app.start(config)
-    await empty(components.store)
     async with TestClient(TestServer(components.app)) as c:
         yield c
     await daemon_app.stop(components)
@@ -63,8 +63,9 @@ async def test_alertmanager_round_trip_and_manual_actions(client: TestClient) ->
     resp = await client.get("/api/v1/incidents/1", headers=ADMIN)
     detail = await resp.json()
     assert detail["status"] == "resolved"
+    # the example config's escalation policy notified its first level at opening
     assert [(e["kind"], e["actor"]) for e in detail["timeline"]] == [
-        ("opened", "incidentd"), ("acknowledged", "alice"),
+        ("opened", "incidentd"), ("escalated", "incidentd"), ("acknowledged", "alice"),
         ("alert_resolved", "incidentd"), ("resolved", "incidentd")]
 
     resp = await client.get("/api/v1/alerts?status=resolved", headers=ADMIN)

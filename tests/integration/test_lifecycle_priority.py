@@ -15,10 +15,9 @@ from daemon import app as daemon_app
 from daemon.config import Config, LifecycleConfig, Overrides, load_config
 from daemon.correlation.topology import Topology, TopologyHolder
 from daemon.models import ConfigurationItem, IncidentStatus, Priority
-from daemon.scheduler import Jobs
 from daemon.store import Store
 from daemon.store import incidents as incident_store
-from tests.conftest import FakeClock, empty, make_pipeline
+from tests.conftest import FakeClock, make_jobs, make_pipeline, reset
 from tests.integration.test_correlation_scenarios import alert
 
 ADMIN = {"Authorization": "Bearer admin"}
@@ -33,8 +32,8 @@ async def client(database_url: str, tmp_path: Path) -> AsyncIterator[Client]:
         "integrations": [{"name": "generic", "type": "generic",
                           "auth": {"bearer_tokens": [{"value": "gen"}]}}]}))
     config = load_config(path, environ={}, overrides=Overrides(database_url=database_url))
+    await reset(database_url)
     components = await daemon_app.start(config)
-    await empty(components.store)
     async with TestClient(TestServer(components.app)) as c:
         yield c
     await daemon_app.stop(components)
@@ -115,7 +114,7 @@ async def test_quiet_resolved_incidents_close_on_schedule(store: Store,
     async with store.write() as conn:
         await make_pipeline(clock).process(conn, [alert("a", None)])
         await make_pipeline(clock).process(conn, [alert("a", None, status="resolved")])
-    jobs = Jobs(store=store, clock=clock, lifecycle=LifecycleConfig(close_after_seconds=3600))
+    jobs = make_jobs(store, clock, Config(lifecycle=LifecycleConfig(close_after_seconds=3600)))
     clock.advance(3599)
     assert await jobs.close_quiet_incidents() == 0
     clock.advance(2)

@@ -42,7 +42,7 @@ from daemon.errors import InvalidInput
 from daemon.models import Acknowledgement, Alert, AlertStatus
 from daemon.receivers import pagerduty
 from daemon.receivers.validation import reject_nul
-from tests.conftest import empty
+from tests.conftest import reset
 from tests.unit.test_receivers_properties import (
     FIXTURE_ROUTING_KEY,
     SEEDS,
@@ -148,9 +148,9 @@ def running_daemon(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
                          overrides=Overrides(database_url=database_url))
     loop = asyncio.new_event_loop()
     try:
+        loop.run_until_complete(reset(database_url))
         components = loop.run_until_complete(daemon_app.start(config))
         try:
-            loop.run_until_complete(empty(components.store))
             client = loop.run_until_complete(_client(components))
             try:
                 yield Daemon(components, client, loop)

@@ -1,0 +1,77 @@
+"""What follows from incidents changing: SLA clocks, escalation, problems, suspected changes.
+
+Every path that changes incidents (the ingest pipeline, a person's action, a
+timer job) calls `FollowUp.after` with the incidents it touched, in its own
+transaction. Each part reconciles its records with the incidents' current
+state, so calling it twice, or for an incident that did not really change,
+is harmless. The returned `Effects` are counted only after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.config import Config
+from daemon.correlation.topology import TopologyHolder
+from daemon.itsm import changes, escalation, problems, sla
+from daemon.itsm.escalation import EscalationEvent, Escalations
+from daemon.itsm.problems import ProblemLinked, Problems
+from daemon.itsm.sla import SlaClocks, SlaEvent
+
+
+@dataclass(slots=True)
+class Effects:
+    sla: list[SlaEvent] = field(default_factory=list)
+    escalations: list[EscalationEvent] = field(default_factory=list)
+    problems: list[ProblemLinked] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.sla += other.sla
+        self.escalations += other.escalations
+        self.problems += other.problems
+
+    def record_metrics(self) -> None:
+        """Call only after the transaction that produced these has committed."""
+        sla.record_metrics(self.sla)
+        escalation.record_metrics(self.escalations)
+        problems.record_metrics(self.problems)
+
+
+class FollowUp:
+    def __init__(self, config: Config, topology: TopologyHolder) -> None:
+        self.sla = SlaClocks(config.sla)
+        self.escalations = Escalations(config.escalation)
+        self.problems = Problems(config.problems)
+        self._topology = topology
+        self._suspect_window = config.changes.suspect_window_seconds
+        self._depth = config.correlation.max_depth
+
+    async def after(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime
+                    ) -> Effects:
+        ids = sorted(set(incident_ids))
+        if not ids:
+            return Effects()
+        # Problems and suspects first: they read the root cause the caller just set;
+        # clocks and escalation last, so they see the final priority.
+        linked = await self.problems.link(conn, ids, now)
+        await changes.suspect(conn, self._topology.current, ids, now,
+                              window_seconds=self._suspect_window, depth=self._depth)
+        clocks = await self.sla.sync(conn, ids, now)
+        escalated = await self.escalations.sync(conn, ids, now)
+        return Effects(sla=clocks, escalations=escalated, problems=linked)
+
+    async def views(self, conn: AsyncConnection, incident_ids: Sequence[int], now: datetime
+                    ) -> dict[int, dict[str, Any]]:
+        """The ITSM parts of each incident's JSON."""
+        clocks = await self.sla.views(conn, incident_ids, now)
+        ladders = await self.escalations.views(conn, incident_ids)
+        linked = await self.problems.views(conn, incident_ids)
+        suspects = await changes.suspects_of(conn, incident_ids)
+        return {i: {"sla": clocks.get(i, []), "escalation": ladders.get(i),
+                    "problems": linked.get(i, []), "suspected_changes": suspects.get(i, [])}
+                for i in incident_ids}
