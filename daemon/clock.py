@@ -13,3 +13,8 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, as every API answer writes times."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None

@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
-from daemon.api.serialize import timestamp
-from daemon.clock import Clock
+from daemon.clock import Clock, timestamp
 from daemon.correlation.topology import TopologyHolder
 from daemon.errors import NotFound
 from daemon.itsm import changes as itsm_changes

@@ -13,8 +13,7 @@ from daemon import metrics
 from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
-from daemon.api.serialize import timestamp
-from daemon.clock import Clock
+from daemon.clock import Clock, timestamp
 from daemon.errors import NotFound
 from daemon.itsm.problems import (
     STATUSES,

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
+from daemon.clock import timestamp
 from daemon.models import Incident, IncidentAlert, TimelineEntry, incident_key
-
-
-def timestamp(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, as every API answer writes times."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def alert_json(a: IncidentAlert) -> dict[str, Any]:

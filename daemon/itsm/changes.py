@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from daemon.clock import Clock
+from daemon.clock import Clock, timestamp
 from daemon.correlation.topology import Topology, TopologyHolder
 from daemon.errors import InvalidInput, InvalidTransition, NotFound
 from daemon.models import SYSTEM_ACTOR, ChangeRecord, TimelineEntry, TimelineKind
@@ -262,14 +262,9 @@ async def suspects_of(conn: AsyncConnection, incident_ids: Sequence[int]
     for r in await change_store.suspects_of(conn, incident_ids):
         out.setdefault(r.incident_id, []).append({
             "id": r.id, "summary": r.summary, "type": r.type, "state": r.state,
-            "cis": list(r.cis), "occurred_at": _rfc3339(r.occurred_at),
-            "planned_start": _rfc3339(r.planned_start), "planned_end": _rfc3339(r.planned_end),
+            "cis": list(r.cis), "occurred_at": timestamp(r.occurred_at),
+            "planned_start": timestamp(r.planned_start), "planned_end": timestamp(r.planned_end),
             "outcome": r.outcome,
         })
     return out
 
-
-def _rfc3339(value: datetime | None) -> str | None:
-    # As `daemon.api.serialize.timestamp` writes times; not imported from there
-    # because the incident serializer imports this module.
-    return value.isoformat().replace("+00:00", "Z") if value else None

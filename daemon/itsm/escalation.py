@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon import metrics
-from daemon.api.serialize import timestamp
+from daemon.clock import timestamp
 from daemon.config import EscalationConfig, EscalationPolicy, EscalationRule
 from daemon.errors import InvalidInput, InvalidTransition, NotFound
 from daemon.models import SYSTEM_ACTOR, IncidentStatus, TimelineEntry, TimelineKind, incident_key

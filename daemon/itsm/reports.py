@@ -45,11 +45,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from daemon.clock import timestamp
 from daemon.models import IncidentStatus, Priority
 from daemon.store import reports as report_store
 from daemon.store.reports import ChangeCounts, ReportIncident
@@ -83,8 +84,8 @@ async def summary(conn: AsyncConnection, query: SummaryQuery) -> dict[str, Any]:
         conn, since=query.since, until=query.until)
     changes = await report_store.change_counts(conn, since=query.since, until=query.until)
     return {
-        "since": _timestamp(query.since),
-        "until": _timestamp(query.until),
+        "since": timestamp(query.since),
+        "until": timestamp(query.until),
         "filters": {"service": query.service, "priority": list(query.priorities) or None},
         "incidents": _incident_counts(scoped),
         "mtta_seconds": stats(_seconds((i.created_at, i.acknowledged_at) for i in scoped)),
@@ -165,7 +166,3 @@ def _changes(c: ChangeCounts) -> dict[str, Any]:
         "failed": c.failed,
     }
 
-
-def _timestamp(value: datetime) -> str:
-    # Same format as daemon.api.serialize.timestamp; kept here so this module needs no API import.
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

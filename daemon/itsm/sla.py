@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon import metrics
-from daemon.api.serialize import timestamp
+from daemon.clock import timestamp
 from daemon.config import SlaConfig
 from daemon.itsm.calendar import Calendar
 from daemon.models import SYSTEM_ACTOR, IncidentStatus, TimelineEntry, TimelineKind

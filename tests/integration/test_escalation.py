@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from daemon.api.serialize import timestamp
+from daemon.clock import timestamp
 from daemon.config import EscalationConfig
 from daemon.correlation.topology import Topology, TopologyHolder
 from daemon.errors import InvalidInput, InvalidTransition, NotFound
