@@ -403,6 +403,109 @@ class ChangesConfig(_Strict):
     check_interval_seconds: float = Field(default=30.0, gt=0)
 
 
+EVENT_TYPES = (
+    "incident.triggered", "incident.acknowledged", "incident.escalated", "incident.resolved",
+    "incident.reopened", "incident.priority_updated", "incident.sla_warning",
+    "incident.sla_breached",
+)
+
+
+class NotificationRoute(_Strict):
+    """Which events a target gets: every given condition must hold."""
+
+    # Event types, or a prefix ending in `*` (`incident.*`); none: all of them.
+    events: list[str] | None = None
+    services: list[str] | None = None  # any impacted business service among these
+    priorities: list[PriorityName] | None = None
+    # Only escalation events notifying one of these (1-based) levels.
+    escalation_levels: list[int] | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        for event in value or []:
+            prefix = event[:-1] if event.endswith("*") else None
+            if prefix is not None and not any(t.startswith(prefix) for t in EVENT_TYPES):
+                raise ValueError(f"{event!r} matches no event type")
+            if prefix is None and event not in EVENT_TYPES and not event.startswith("runbook."):
+                raise ValueError(f"unknown event type {event!r} (known: "
+                                 f"{', '.join(EVENT_TYPES)}, runbook.*)")
+        return value
+
+
+class NotificationTarget(_Strict):
+    """Where notifications go: a generic webhook or Slack."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    type: Literal["webhook", "slack"]
+    # webhook: the URL the JSON envelope is POSTed to.
+    url: str | None = None
+    # webhook: each signs the body (`X-Incidentd-Signature: v1=<hex>,v1=<hex>`); several
+    # during a rotation, so receivers holding either secret can verify.
+    secrets: list[SecretRef] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # slack: an incoming-webhook URL (it is a secret), or a bot token and a channel.
+    webhook_url: SecretRef | None = None
+    bot_token: SecretRef | None = None
+    channel: str | None = None
+    api_url: str = "https://slack.com/api"
+    rate_limit_per_minute: int = Field(default=60, gt=0)
+    routes: list[NotificationRoute] = Field(default_factory=lambda: [NotificationRoute()])
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotificationTarget:
+        if self.type == "webhook" and not self.url:
+            raise ValueError("a webhook target needs a url")
+        if self.type == "slack" and not (self.webhook_url or (self.bot_token and self.channel)):
+            raise ValueError("a slack target needs webhook_url, or bot_token and channel")
+        return self
+
+
+class RetryConfig(_Strict):
+    """Delivery retries: exponential backoff with jitter, honouring Retry-After."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    initial_seconds: float = Field(default=1.0, gt=0)
+    max_seconds: float = Field(default=600.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class ActionLinksConfig(_Strict):
+    # Signs the links; unset: one is generated per run (links then die with the run).
+    secret: SecretRef = SecretRef(env="INCIDENTD_ACTION_LINK_SECRET")
+    ttl_seconds: int = Field(default=3600, gt=0)
+
+
+class SlackConfig(_Strict):
+    # Verifies `X-Slack-Signature` on button clicks; unset: Slack actions are refused.
+    signing_secret: SecretRef = SecretRef(env="INCIDENTD_SLACK_SIGNING_SECRET")
+    max_age_seconds: int = Field(default=300, gt=0)
+
+
+class InboundWebhookConfig(_Strict):
+    # Verify `X-Incidentd-Signature` on POST /api/v1/webhooks/actions; none: refused.
+    secrets: list[SecretRef] = Field(default_factory=list)
+    max_age_seconds: int = Field(default=300, gt=0)
+
+
+class NotificationsConfig(_Strict):
+    # Where people reach this daemon (action links point here); default from server.listen.
+    public_url: str | None = None
+    targets: list[NotificationTarget] = Field(default_factory=list)
+    retry: RetryConfig = RetryConfig()
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    action_links: ActionLinksConfig = ActionLinksConfig()
+    slack: SlackConfig = SlackConfig()
+    inbound_webhook: InboundWebhookConfig = InboundWebhookConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> NotificationsConfig:
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError("notification target names must be unique")
+        return self
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -422,6 +525,7 @@ class Config(_Strict):
     escalation: EscalationConfig = EscalationConfig()
     problems: ProblemsConfig = ProblemsConfig()
     changes: ChangesConfig = ChangesConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

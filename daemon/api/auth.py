@@ -11,11 +11,17 @@ from daemon.receivers.auth import Credentials
 _PROTECTED_PREFIX = "/api/v1/"
 
 
+# Signed by their senders instead (Slack's signing secret, the inbound webhook's
+# HMAC); `/actions/{token}` links are outside /api/ and carry their own signature.
+_SIGNED = ("/api/v1/integrations/slack/actions", "/api/v1/webhooks/actions")
+
+
 def _is_ingest(request: web.Request) -> bool:
-    """Alert ingestion authenticates per integration, not with the admin token."""
+    """Alert ingestion authenticates per integration, not with the admin token;
+    chat buttons and bots sign their requests."""
     path = request.path
     return request.method == "POST" and (
-        path == "/api/v1/alerts" or path.startswith("/api/v1/alerts/")
+        path == "/api/v1/alerts" or path.startswith("/api/v1/alerts/") or path in _SIGNED
     )
 
 

@@ -292,3 +292,41 @@ ci_edges = sa.Table(
     sa.Column("depends_on", sa.String(255), primary_key=True),
     sa.Index("ix_ci_edges_depends_on", "depends_on"),
 )
+
+# The outbox: one row per (event, target), written in the transaction of the
+# change that caused the event; the sender delivers it, retrying, until it is
+# delivered or dead. `event_id` is the same on every attempt and every target.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("incident_id", _ID, nullable=True),
+    # The timeline entry the event was made from, when it was (most are).
+    sa.Column("timeline_id", _ID, nullable=True),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | dead
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("last_status", sa.Integer(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("event_id", "target"),
+    sa.Index("ix_notifications_state_next_attempt_at", "state", "next_attempt_at"),
+    sa.Index("ix_notifications_incident_id", "incident_id"),
+)
+
+# Signed action links work once: the nonce of each one used.
+used_action_tokens = sa.Table(
+    "used_action_tokens",
+    metadata,
+    sa.Column("nonce", sa.String(64), primary_key=True),
+    sa.Column("incident_id", _ID, nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=False),
+)
