@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -12,7 +12,7 @@ from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
 from daemon.api.serialize import alert_json, incident_json
-from daemon.clock import Clock
+from daemon.clock import Clock, timestamp
 from daemon.errors import NotFound
 from daemon.itsm.actions import Actions
 from daemon.itsm.followup import FollowUp
@@ -96,8 +96,11 @@ class IncidentRoutes:
         async def handle(request: web.Request) -> web.Response:
             incident_id = params.incident_id(request.match_info["id"])
             body = await _body(request, ActionBody)
-            await self._actions.move(incident_id, action, actor=body.actor, note=body.note)
-            return await self._detail(incident_id)
+            t = await self._actions.move(incident_id, action, actor=body.actor, note=body.note)
+            extra = ({"already_acknowledged": {"by": t.already.actor,
+                                               "at": timestamp(t.already.at)}}
+                     if t.already else {})
+            return await self._detail(incident_id, extra)
 
         return handle
 
@@ -138,13 +141,15 @@ class IncidentRoutes:
             items.append(item)
         return json_response({"items": items, "next_cursor": next_cursor})
 
-    async def _detail(self, incident_id: int) -> web.Response:
+    async def _detail(self, incident_id: int, extra: dict[str, Any] | None = None
+                      ) -> web.Response:
         async with self._store.read() as conn:
             incident = await incident_store.get_incident(conn, incident_id)
             if incident is None:
                 raise NotFound(f"no incident {incident_key(incident_id)}")
             itsm = await self._followup.views(conn, [incident_id], self._clock.now())
-        return json_response(incident_json(incident, detail=True) | itsm[incident_id])
+        return json_response(incident_json(incident, detail=True) | itsm[incident_id]
+                             | (extra or {}))
 
 
 def _statuses(raw: str | None) -> list[IncidentStatus] | None:

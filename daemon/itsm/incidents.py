@@ -44,10 +44,20 @@ class How(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Earlier:
+    """Who did it first, when a move asked for had already been made."""
+
+    actor: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     incident: IncidentState
     previous: IncidentStatus | None  # None: the incident was just opened
     how: How
+    # Set when nothing moved because it already had been (a second acknowledgement).
+    already: Earlier | None = None
 
 
 async def open_incidents(
@@ -212,6 +222,10 @@ async def move(conn: AsyncConnection, incident_id: int, action: str, *, actor: s
     """A person moves an incident: acknowledge, hold, resume, resolve, close or reopen."""
     if action == "resume":
         return await _resume(conn, incident_id, actor=actor, note=note, now=now)
+    if action == "acknowledge":
+        earlier = await _acknowledged_before(conn, incident_id)
+        if earlier is not None:
+            return earlier
     spec = MOVES[action]
     values: dict[str, datetime | None] = dict.fromkeys(spec.clear)
     if spec.stamp:
@@ -224,6 +238,19 @@ async def move(conn: AsyncConnection, incident_id: int, action: str, *, actor: s
         # incident instead of being taken as a duplicate (as PagerDuty does).
         await alert_store.resolve_of_incident(conn, incident_id, now)
     return transition
+
+
+async def _acknowledged_before(conn: AsyncConnection, incident_id: int) -> Transition | None:
+    """A second acknowledgement (two people pressing the button) is harmless: it moves
+    nothing and says who acknowledged first."""
+    state = await store.get_state(conn, incident_id)
+    if state is None or state.status is not IncidentStatus.ACKNOWLEDGED:
+        return None
+    first = await store.last_entry(conn, incident_id, TimelineKind.ACKNOWLEDGED)
+    assert state.acknowledged_at is not None
+    actor = first.actor if first else SYSTEM_ACTOR
+    return Transition(state, state.status, How.MANUAL,
+                      already=Earlier(actor=actor, at=state.acknowledged_at))
 
 
 async def _resume(conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None,

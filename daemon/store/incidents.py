@@ -406,3 +406,15 @@ async def set_priority(conn: AsyncConnection, incident_id: int, *, priority: Pri
         sa.update(incidents).where(incidents.c.id == incident_id)
         .values(priority=priority.value, impact=impact, urgency=urgency, priority_manual=True)
     )
+
+
+async def last_entry(conn: AsyncConnection, incident_id: int, kind: TimelineKind
+                     ) -> TimelineEntry | None:
+    row = (await conn.execute(
+        sa.select(timeline).where(timeline.c.incident_id == incident_id,
+                                  timeline.c.kind == kind.value)
+        .order_by(timeline.c.id.desc()).limit(1))).first()
+    if row is None:
+        return None
+    return TimelineEntry(at=row.at, actor=row.actor, kind=TimelineKind(row.kind),
+                         detail=row.detail)

@@ -53,11 +53,18 @@ async def test_alertmanager_round_trip_and_manual_actions(client: TestClient) ->
     assert resp.status == 200
     assert (await resp.json())["status"] == "acknowledged"
 
+    # a second acknowledgement is harmless and says who was first
+    resp = await client.post("/api/v1/incidents/1/acknowledge", json={"actor": "bob"},
+                             headers=ADMIN)
+    assert resp.status == 200
+    assert (await resp.json())["already_acknowledged"]["by"] == "alice"
+    resp = await client.post("/api/v1/incidents/1/hold", headers=ADMIN)
     resp = await client.post("/api/v1/incidents/1/acknowledge", headers=ADMIN)
     assert resp.status == 409
     err = (await resp.json())["error"]
     assert err["code"] == "invalid_transition"
-    assert "INC-000001 is acknowledged" in err["message"]
+    assert "INC-000001 is on_hold" in err["message"]
+    await client.post("/api/v1/incidents/1/resume", headers=ADMIN)
 
     await post_alerts(client, "prometheus_resolved.json")
     resp = await client.get("/api/v1/incidents/1", headers=ADMIN)
@@ -66,7 +73,8 @@ async def test_alertmanager_round_trip_and_manual_actions(client: TestClient) ->
     # the example config's escalation policy notified its first level at opening
     assert [(e["kind"], e["actor"]) for e in detail["timeline"]] == [
         ("opened", "incidentd"), ("escalated", "incidentd"), ("acknowledged", "alice"),
-        ("alert_resolved", "incidentd"), ("resolved", "incidentd")]
+        ("held", "api"), ("resumed", "api"), ("alert_resolved", "incidentd"),
+        ("resolved", "incidentd")]
 
     resp = await client.get("/api/v1/alerts?status=resolved", headers=ADMIN)
     [a] = (await resp.json())["items"]

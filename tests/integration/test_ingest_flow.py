@@ -141,10 +141,11 @@ async def test_acknowledge_then_resolve_by_hand_with_timeline(
                                  now=clock.now())
     assert (t.previous, t.incident.status) == (IncidentStatus.TRIGGERED,
                                                IncidentStatus.ACKNOWLEDGED)
-    with pytest.raises(InvalidTransition, match="INC-000001 is acknowledged"):
-        async with store.write() as conn:
-            await incidents.move(conn, inc.id, "acknowledge", actor="bob", note=None,
-                                 now=clock.now())
+    async with store.write() as conn:  # a second one moves nothing and names the first
+        again = await incidents.move(conn, inc.id, "acknowledge", actor="bob", note=None,
+                                     now=clock.now())
+    assert again.already is not None and again.already.actor == "alice"
+    assert again.already.at == t.incident.acknowledged_at
     clock.advance(60)
     async with store.write() as conn:
         await incidents.move(conn, inc.id, "resolve", actor="alice", note=None, now=clock.now())
