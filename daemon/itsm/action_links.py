@@ -1,0 +1,107 @@
+"""Signed action links: a URL in a notification that acknowledges or resolves one
+incident on behalf of one person, for a limited time, once.
+
+The token is `<payload>.<signature>`, both base64url: the payload is compact JSON
+naming the incident, the action, the person, the expiry and a random nonce; the
+signature is HMAC-SHA256 of the payload text with the configured secret. Using a
+link records its nonce, so a second use (a forwarded mail, a double click) is
+refused, on every replica.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.clock import Clock
+from daemon.errors import UserError
+from daemon.store.tables import used_action_tokens
+
+ACTIONS = ("acknowledge", "resolve")
+
+
+class InvalidLink(UserError):
+    """Forged, garbled, expired or already used: the page says which, nothing moves."""
+
+    status = 403
+    code = "invalid_link"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionClaim:
+    incident_id: int
+    action: str
+    person: str
+    expires_at: datetime
+    nonce: str
+
+
+class ActionLinks:
+    def __init__(self, *, secret: str, ttl_seconds: int, public_url: str, clock: Clock) -> None:
+        self._key = secret.encode()
+        self._ttl = timedelta(seconds=ttl_seconds)
+        self._base = public_url.rstrip("/")
+        self._clock = clock
+
+    def url(self, incident_id: int, action: str, person: str) -> str:
+        return f"{self._base}/actions/{self.token(incident_id, action, person)}"
+
+    def token(self, incident_id: int, action: str, person: str) -> str:
+        if action not in ACTIONS:
+            raise ValueError(f"no action link for {action!r}")
+        expires = self._clock.now() + self._ttl
+        claim = {"i": incident_id, "a": action, "p": person,
+                 "e": int(expires.timestamp()), "n": secrets.token_urlsafe(12)}
+        payload = _b64(json.dumps(claim, separators=(",", ":")).encode())
+        return f"{payload}.{_b64(self._sign(payload))}"
+
+    def verify(self, token: str) -> ActionClaim:
+        """The claim of a genuine, unexpired token; `InvalidLink` otherwise."""
+        payload, _, signature = token.partition(".")
+        try:
+            given = _unb64(signature)
+        except ValueError:
+            raise InvalidLink("this link is not valid (garbled)") from None
+        if not payload or not hmac.compare_digest(given, self._sign(payload)):
+            raise InvalidLink("this link is not valid (bad signature)")
+        claim = json.loads(_unb64(payload))
+        expires = datetime.fromtimestamp(claim["e"], UTC)
+        if self._clock.now() >= expires:
+            raise InvalidLink("this link has expired; use the incident page or ask for a "
+                              "new notification")
+        return ActionClaim(incident_id=int(claim["i"]), action=str(claim["a"]),
+                           person=str(claim["p"]), expires_at=expires, nonce=str(claim["n"]))
+
+    async def use(self, conn: AsyncConnection, claim: ActionClaim, now: datetime) -> None:
+        """Record the link as used, in the caller's transaction; refuse a second use."""
+        used = await conn.execute(
+            sa.select(used_action_tokens.c.used_at, used_action_tokens.c.actor)
+            .where(used_action_tokens.c.nonce == claim.nonce))
+        if (row := used.first()) is not None:
+            raise InvalidLink(f"this link was already used ({row.actor}, "
+                              f"{row.used_at.isoformat()})")
+        await conn.execute(sa.insert(used_action_tokens), {
+            "nonce": claim.nonce, "incident_id": claim.incident_id, "action": claim.action,
+            "actor": claim.person, "used_at": now})
+
+    def _sign(self, payload: str) -> bytes:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not base64url") from exc
