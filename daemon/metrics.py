@@ -139,6 +139,18 @@ ALERTS_SUPPRESSED = Counter(
     registry=REGISTRY,
 )
 
+NOTIFICATIONS = Counter(
+    "incidentd_notifications_total",
+    "Notification delivery attempts, by target and outcome (delivered, retry, dead).",
+    ["target", "outcome"],
+    registry=REGISTRY,
+)
+OUTBOX_PENDING = Gauge(
+    "incidentd_outbox_pending",
+    "Notifications waiting in the outbox for delivery (including ones backing off).",
+    registry=REGISTRY,
+)
+
 for _sev in Severity:
     INCIDENTS_OPEN.labels(_sev.value)
     INCIDENTS_OPENED.labels(_sev.value)
