@@ -23,6 +23,8 @@ from daemon.api.changes import ChangeRoutes
 from daemon.api.cmdb import CmdbRoutes
 from daemon.api.health import HealthRoutes
 from daemon.api.incidents import IncidentRoutes
+from daemon.api.notifications import NotificationRoutes
+from daemon.api.oncall import OnCallRoutes
 from daemon.api.problems import ProblemRoutes
 from daemon.api.reports import ReportRoutes
 from daemon.api.responses import errors_middleware
@@ -36,6 +38,7 @@ from daemon.ingest import IngestWriter, Pipeline
 from daemon.itsm.actions import Actions
 from daemon.itsm.changes import ChangeRecorder
 from daemon.itsm.cmdb import Cmdb, CmdbInvalid
+from daemon.itsm.delivery import Sender
 from daemon.itsm.followup import FollowUp
 from daemon.itsm.maintenance import Maintenance
 from daemon.itsm.priority import PriorityMatrix
@@ -43,7 +46,7 @@ from daemon.receivers.auth import Credentials
 from daemon.receivers.endpoint import Intake
 from daemon.receivers.integrations import build_integrations
 from daemon.scheduler import Jobs, start_scheduler
-from daemon.secrets import resolve_or_generate
+from daemon.secrets import resolve, resolve_or_generate
 from daemon.store import Store, migrate
 from daemon.store import incidents as incident_store
 
@@ -61,6 +64,8 @@ class Components:
     scheduler: AsyncIOScheduler
     jobs: Jobs
     followup: FollowUp
+    sender: Sender
+    oncall: OnCallRoutes
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -71,6 +76,27 @@ def api_credentials(config: Config) -> Credentials:
             "keep it stable)", generated_token=resolved.generated,
         )
     return Credentials(bearer=resolved.values)
+
+
+def link_secret(config: Config) -> str:
+    resolved = resolve_or_generate([config.notifications.action_links.secret])
+    if resolved.generated:
+        log.warning("no action-link secret configured; links in notifications work until "
+                    "this process stops (set INCIDENTD_ACTION_LINK_SECRET to keep them valid)")
+    return resolved.values[0]
+
+
+def build_oncall(config: Config, *, actions: Actions, followup: FollowUp, store: Store,
+                 clock: Clock) -> OnCallRoutes:
+    """Acknowledge and resolve from signed links, Slack buttons and signed webhooks."""
+    inbound = config.notifications
+    return OnCallRoutes(
+        actions=actions, links=followup.links, store=store, clock=clock,
+        slack_signing_secret=resolve(inbound.slack.signing_secret),
+        slack_max_age_seconds=inbound.slack.max_age_seconds,
+        webhook_secrets=[v for v in (resolve(r) for r in inbound.inbound_webhook.secrets) if v],
+        webhook_max_age_seconds=inbound.inbound_webhook.max_age_seconds,
+    )
 
 
 def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
@@ -88,7 +114,7 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
                               window_seconds=corr.flapping_window_seconds),
         maintenance=Maintenance(config.changes, topology, depth=corr.max_depth),
         priorities=PriorityMatrix(config.priority),
-        followup=followup or FollowUp(config, topology),
+        followup=followup or FollowUp(config, topology, clock=clock),
         reopen_window_seconds=config.lifecycle.reopen_window_seconds,
         topology=topology,
         clock=clock,
@@ -97,7 +123,8 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
 
 def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
               health: HealthRoutes, cmdb: Cmdb, topology: TopologyHolder,
-              followup: FollowUp) -> web.Application:
+              followup: FollowUp, actions: Actions, oncall: OnCallRoutes,
+              sender: Sender) -> web.Application:
     intake = Intake(
         integrations=build_integrations(config, clock),
         alerts=writer,
@@ -110,13 +137,13 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
         client_max_size=max(config.server.max_body_bytes, 1024 * 1024) * 2,
     )
     app.add_routes(health.routes())
-    actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority),
-                      followup=followup)
     app.add_routes(IncidentRoutes(store=store, actions=actions, followup=followup,
                                   clock=clock).routes())
     app.add_routes(ProblemRoutes(store=store, clock=clock, problems=followup.problems).routes())
     app.add_routes(ChangeRoutes(store=store, clock=clock, topology=topology).routes())
     app.add_routes(ReportRoutes(store=store, clock=clock).routes())
+    app.add_routes(NotificationRoutes(store=store, clock=clock, sender=sender).routes())
+    app.add_routes(oncall.routes())
     app.add_routes(CmdbRoutes(cmdb=cmdb, store=store).routes())
     app.add_routes(intake.routes())
     return app
@@ -140,7 +167,7 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     except CmdbInvalid as err:
         await store.close()
         raise ConfigError(err.describe()) from None
-    followup = FollowUp(config, topology)
+    followup = FollowUp(config, topology, clock=clock, link_secret=link_secret(config))
     pipeline = build_pipeline(config, topology, clock, followup)
     writer = IngestWriter(
         store=store, pipeline=pipeline,
@@ -149,20 +176,32 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         retry_after_seconds=config.ingest.retry_after_seconds,
     )
     writer.start()
+    sender = Sender(config=config.notifications, store=store, clock=clock)
+    followup.wake = sender.wake
+    sender.start()
     jobs = Jobs(store=store, clock=clock, config=config, followup=followup, pipeline=pipeline)
     scheduler = start_scheduler(jobs, config)
     health = HealthRoutes(store=store)
+    actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority),
+                      followup=followup)
+    oncall = build_oncall(config, actions=actions, followup=followup, store=store, clock=clock)
     app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb,
-                    topology=topology, followup=followup)
+                    topology=topology, followup=followup, actions=actions, oncall=oncall,
+                    sender=sender)
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
-                      cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup)
+                      cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup,
+                      sender=sender, oncall=oncall)
 
 
 async def stop(components: Components) -> None:
     components.scheduler.shutdown(wait=False)
     await components.jobs.drain()
+    await components.oncall.drain()
     await components.cmdb.drain()
     await components.writer.stop()
+    # Last before the store: what the writer committed is in the outbox by now;
+    # what is not delivered yet waits there for the next start.
+    await components.sender.stop()
     await components.store.close()
 
 

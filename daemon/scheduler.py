@@ -19,7 +19,7 @@ from daemon.clock import Clock
 from daemon.config import Config
 from daemon.ingest import BatchResult, Pipeline, record
 from daemon.itsm import incidents
-from daemon.itsm.followup import Effects, FollowUp
+from daemon.itsm.followup import FollowUp
 from daemon.models import incident_key
 from daemon.store import Store, StoreUnavailable
 
@@ -82,23 +82,23 @@ class Jobs:
     async def _check_sla(self) -> int:
         now = self._clock.now()
         async with self._store.write() as conn:
-            events = await self._followup.sla.sweep(conn, now)
-        Effects(sla=events).record_metrics()
-        for e in events:
+            effects = await self._followup.sweep_sla(conn, now)
+        effects.record_metrics()
+        for e in effects.sla:
             log.warning(f"SLA {e.kind}", incident_id=e.incident_id,
                         incident=incident_key(e.incident_id), clock=e.clock,
                         priority=e.priority, fraction=e.fraction)
-        return len(events)
+        return len(effects.sla)
 
     async def _escalate(self) -> int:
         now = self._clock.now()
         async with self._store.write() as conn:
-            events = await self._followup.escalations.sweep(conn, now)
-        Effects(escalations=events).record_metrics()
-        for e in events:
+            effects = await self._followup.sweep_escalations(conn, now)
+        effects.record_metrics()
+        for e in effects.escalations:
             log.info("escalated", incident_id=e.incident_id, incident=incident_key(e.incident_id),
                      policy=e.policy, level=e.level, targets=list(e.targets), reason=e.reason)
-        return len(events)
+        return len(effects.escalations)
 
     async def _release(self) -> int:
         result: BatchResult

@@ -144,6 +144,6 @@ def make_jobs(store: Store, clock: FakeClock, config: object = None,
 
     cfg = config if isinstance(config, Config) else Config()
     holder = topology if isinstance(topology, TopologyHolder) else TopologyHolder()
-    followup = FollowUp(cfg, holder)
+    followup = FollowUp(cfg, holder, clock=clock)
     pipeline = build_pipeline(cfg, holder, clock, followup)
     return Jobs(store=store, clock=clock, config=cfg, followup=followup, pipeline=pipeline)

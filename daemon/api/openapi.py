@@ -15,6 +15,7 @@ from daemon.api.changes import EditBody, NewChangeBody
 from daemon.api.incidents import ActionBody, EscalateBody, PatchBody
 from daemon.api.problems import NewProblemBody, PatchProblemBody
 from daemon.itsm.cmdb_documents import CIDocument, CIModel
+from daemon.itsm.inbound_webhook import ActionRequest
 from daemon.receivers.alertmanager import WebhookMessage
 from daemon.receivers.generic import GenericBody
 from daemon.receivers.grafana import GrafanaMessage
@@ -34,6 +35,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "ChangeEdit": EditBody,
     "NewProblem": NewProblemBody,
     "ProblemEdit": PatchProblemBody,
+    "InboundAction": ActionRequest,
     "CI": CIModel,
     "CmdbDocument": CIDocument,
 }
@@ -142,6 +144,30 @@ def document() -> dict[str, Any]:
             "/api/v1/reports/summary": _read(
                 "Incident counts, MTTA, MTTR, SLA compliance, reopen rate, noise reduction and "
                 "change success rate (since, until, service, priority)"),
+            "/api/v1/notifications": _read(
+                "The outbox: deliveries newest first (filters: state, incident, target)"),
+            "/api/v1/notifications/{id}": _read("One delivery, with its payload"),
+            "/api/v1/notifications/{id}/resend": {"post": {
+                "summary": "Send a dead or delivered notification again",
+                "security": [{"apiToken": []}],
+                "responses": {"200": {"description": "Pending again"}, "404": _ERROR,
+                              "409": _ERROR}}},
+            "/api/v1/integrations/slack/actions": {"post": {
+                "summary": "Slack interactivity (Acknowledge/Resolve buttons), signed with "
+                           "X-Slack-Signature",
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": {
+                        "type": "object", "required": ["payload"],
+                        "properties": {"payload": {"type": "string",
+                                                   "description": "block_actions JSON"}}}}}},
+                "responses": {"200": {"description": "Taken; the message is updated later"},
+                              "400": _ERROR, "401": _ERROR}}},
+            "/api/v1/webhooks/actions": {"post": {
+                "summary": "Acknowledge or resolve from a bot or tool, signed with "
+                           "X-Incidentd-Signature",
+                "requestBody": _body("InboundAction"),
+                "responses": {"200": {"description": "Done (or already acknowledged)"},
+                              "400": _ERROR, "401": _ERROR, "404": _ERROR, "409": _ERROR}}},
             "/api/v1/cmdb/cis": _read("List configuration items (filters: type, service)"),
             "/api/v1/cmdb/cis/{id}": {
                 **_read("One configuration item, with its dependents"),

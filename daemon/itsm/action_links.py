@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.clock import Clock
@@ -81,16 +82,20 @@ class ActionLinks:
                            person=str(claim["p"]), expires_at=expires, nonce=str(claim["n"]))
 
     async def use(self, conn: AsyncConnection, claim: ActionClaim, now: datetime) -> None:
-        """Record the link as used, in the caller's transaction; refuse a second use."""
-        used = await conn.execute(
-            sa.select(used_action_tokens.c.used_at, used_action_tokens.c.actor)
-            .where(used_action_tokens.c.nonce == claim.nonce))
-        if (row := used.first()) is not None:
-            raise InvalidLink(f"this link was already used ({row.actor}, "
-                              f"{row.used_at.isoformat()})")
-        await conn.execute(sa.insert(used_action_tokens), {
+        """Record the link as used, in the caller's transaction; refuse a second use,
+        also when two arrive at once (the nonce is the primary key)."""
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(
+            used_action_tokens)
+        stmt = insert.on_conflict_do_nothing(index_elements=[used_action_tokens.c.nonce])
+        result = await conn.execute(stmt.returning(used_action_tokens.c.nonce), {
             "nonce": claim.nonce, "incident_id": claim.incident_id, "action": claim.action,
             "actor": claim.person, "used_at": now})
+        if result.first() is None:
+            row = (await conn.execute(
+                sa.select(used_action_tokens.c.used_at, used_action_tokens.c.actor)
+                .where(used_action_tokens.c.nonce == claim.nonce))).first()
+            when = f" ({row.actor}, {row.used_at.isoformat()})" if row else ""
+            raise InvalidLink(f"this link was already used{when}")
 
     def _sign(self, payload: str) -> bytes:
         return hmac.new(self._key, payload.encode(), hashlib.sha256).digest()

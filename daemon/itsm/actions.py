@@ -5,7 +5,7 @@ from __future__ import annotations
 from daemon.clock import Clock
 from daemon.itsm import incidents
 from daemon.itsm.escalation import EscalationEvent
-from daemon.itsm.followup import Effects, FollowUp
+from daemon.itsm.followup import FollowUp
 from daemon.itsm.incidents import Transition
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Priority
@@ -52,5 +52,7 @@ class Actions:
         async with self._store.write() as conn:
             event = await self._followup.escalations.escalate(
                 conn, incident_id, actor=actor, note=note, level=level, now=now)
-        Effects(escalations=[event]).record_metrics()
+            effects = await self._followup.after(conn, [incident_id], now)
+        effects.escalations.append(event)
+        effects.record_metrics()
         return event

@@ -9,17 +9,21 @@ is harmless. The returned `Effects` are counted only after the commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from daemon.clock import Clock
 from daemon.config import Config
 from daemon.correlation.topology import TopologyHolder
 from daemon.itsm import changes, escalation, problems, sla
+from daemon.itsm.action_links import ActionLinks
 from daemon.itsm.escalation import EscalationEvent, Escalations
+from daemon.itsm.notify import Notifier
 from daemon.itsm.problems import ProblemLinked, Problems
 from daemon.itsm.sla import SlaClocks, SlaEvent
 
@@ -29,22 +33,30 @@ class Effects:
     sla: list[SlaEvent] = field(default_factory=list)
     escalations: list[EscalationEvent] = field(default_factory=list)
     problems: list[ProblemLinked] = field(default_factory=list)
-
-    def extend(self, other: Effects) -> None:
-        self.sla += other.sla
-        self.escalations += other.escalations
-        self.problems += other.problems
+    notified: int = 0  # outbox rows written
+    wake: Callable[[], None] | None = None  # tells the sender there is work
 
     def record_metrics(self) -> None:
         """Call only after the transaction that produced these has committed."""
         sla.record_metrics(self.sla)
         escalation.record_metrics(self.escalations)
         problems.record_metrics(self.problems)
+        if self.notified and self.wake is not None:
+            self.wake()
 
 
 class FollowUp:
-    def __init__(self, config: Config, topology: TopologyHolder) -> None:
+    def __init__(self, config: Config, topology: TopologyHolder, *, clock: Clock,
+                 link_secret: str | None = None) -> None:
         self.sla = SlaClocks(config.sla)
+        # Without a configured secret (tests, replay) links work for this process only.
+        self.links = ActionLinks(secret=link_secret or secrets.token_urlsafe(32),
+                                 ttl_seconds=config.notifications.action_links.ttl_seconds,
+                                 public_url=public_url(config), clock=clock)
+        self.notifier = Notifier(config.notifications, links=self.links,
+                                 public_url=public_url(config))
+        # Set once the sender runs; until then (tests, replay) the outbox just fills.
+        self.wake: Callable[[], None] | None = None
         self.escalations = Escalations(config.escalation)
         self.problems = Problems(config.problems)
         self._topology = topology
@@ -63,7 +75,22 @@ class FollowUp:
                               window_seconds=self._suspect_window, depth=self._depth)
         clocks = await self.sla.sync(conn, ids, now)
         escalated = await self.escalations.sync(conn, ids, now)
-        return Effects(sla=clocks, escalations=escalated, problems=linked)
+        # Last: every timeline entry of this transaction is written by now.
+        notified = await self.notifier.enqueue_from_timeline(conn, ids, now)
+        return Effects(sla=clocks, escalations=escalated, problems=linked, notified=notified,
+                       wake=self.wake)
+
+    async def sweep_sla(self, conn: AsyncConnection, now: datetime) -> Effects:
+        events = await self.sla.sweep(conn, now)
+        notified = await self.notifier.enqueue_from_timeline(
+            conn, {e.incident_id for e in events}, now)
+        return Effects(sla=events, notified=notified, wake=self.wake)
+
+    async def sweep_escalations(self, conn: AsyncConnection, now: datetime) -> Effects:
+        events = await self.escalations.sweep(conn, now)
+        notified = await self.notifier.enqueue_from_timeline(
+            conn, {e.incident_id for e in events}, now)
+        return Effects(escalations=events, notified=notified, wake=self.wake)
 
     async def views(self, conn: AsyncConnection, incident_ids: Sequence[int], now: datetime
                     ) -> dict[int, dict[str, Any]]:
@@ -75,3 +102,8 @@ class FollowUp:
         return {i: {"sla": clocks.get(i, []), "escalation": ladders.get(i),
                     "problems": linked.get(i, []), "suspected_changes": suspects.get(i, [])}
                 for i in incident_ids}
+
+
+def public_url(config: Config) -> str:
+    """Where people reach this daemon: action links and incident URLs point there."""
+    return (config.notifications.public_url or f"http://{config.server.listen}").rstrip("/")

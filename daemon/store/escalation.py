@@ -122,7 +122,10 @@ async def due(conn: AsyncConnection, now: datetime, *, limit: int
     """Active ladders whose timer has run out, with their incidents, oldest first.
 
     On PostgreSQL the ladders are locked and those another replica holds are
-    skipped, so no level is notified twice.
+    skipped, so no level is notified twice. Their incidents are locked too: an
+    acknowledgement in flight holds its incident's row, so the ladder is skipped
+    rather than escalated past an acknowledgement that is about to commit; and an
+    acknowledgement arriving after the lock waits, so it comes after the level.
     """
     query = (
         sa.select(escalations, *_SUBJECT_COLUMNS)
@@ -130,6 +133,6 @@ async def due(conn: AsyncConnection, now: datetime, *, limit: int
         .where(escalations.c.state == LadderState.ACTIVE.value, escalations.c.next_at <= now)
         .order_by(escalations.c.next_at, escalations.c.incident_id)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=escalations)
+        .with_for_update(skip_locked=True, of=[escalations, incidents])
     )
     return [(_ladder(r), _subject(r)) for r in await conn.execute(query)]

@@ -40,7 +40,7 @@ class World:
         self.clock = clock
         holder = TopologyHolder(Topology.build(CMDB))
         settings = Config(problems=config or ProblemsConfig())
-        followup = FollowUp(settings, holder)
+        followup = FollowUp(settings, holder, clock=clock)
         self.pipeline = build_pipeline(settings, holder, clock, followup)
         self.problems: Problems = followup.problems
         self.sent = 0
