@@ -406,7 +406,8 @@ class ChangesConfig(_Strict):
 EVENT_TYPES = (
     "incident.triggered", "incident.acknowledged", "incident.escalated", "incident.resolved",
     "incident.reopened", "incident.priority_updated", "incident.sla_warning",
-    "incident.sla_breached",
+    "incident.sla_breached", "runbook.pending_approval", "runbook.started",
+    "runbook.succeeded", "runbook.failed", "runbook.notify",
 )
 
 
@@ -506,6 +507,21 @@ class NotificationsConfig(_Strict):
         return self
 
 
+class RunbooksConfig(_Strict):
+    """Automated runbooks: the catalog files and the guards that hold for all of them."""
+
+    # Runbook catalog files (YAML, `runbooks: [...]`), read at start and on SIGHUP.
+    files: list[Path] = Field(default_factory=list)
+    # Every run only renders and records what it would do.
+    dry_run: bool = False
+    # A run waiting for approval expires after this long.
+    approval_ttl_seconds: int = Field(default=3600, gt=0)
+    # Captured stdout/stderr/HTTP bodies are cut to this many bytes per step.
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    max_concurrent_runs: int = Field(default=4, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -526,6 +542,7 @@ class Config(_Strict):
     problems: ProblemsConfig = ProblemsConfig()
     changes: ChangesConfig = ChangesConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    runbooks: RunbooksConfig = RunbooksConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -579,9 +596,15 @@ def load_config(
         raise ConfigError([f"{source}: {p}" for p in _describe(exc)]) from None
     if path is None:
         return config
-    # Like Prometheus' rule_files: relative CMDB paths are relative to the config file.
-    files = [f if f.is_absolute() else path.parent / f for f in config.cmdb.files]
-    return config.model_copy(update={"cmdb": CmdbConfig(files=files)})
+    # Like Prometheus' rule_files: relative CMDB and runbook paths are relative to the
+    # config file.
+    def near(files: list[Path]) -> list[Path]:
+        return [f if f.is_absolute() else path.parent / f for f in files]
+
+    return config.model_copy(update={
+        "cmdb": CmdbConfig(files=near(config.cmdb.files)),
+        "runbooks": config.runbooks.model_copy(update={"files": near(config.runbooks.files)}),
+    })
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

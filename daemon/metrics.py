@@ -151,6 +151,21 @@ OUTBOX_PENDING = Gauge(
     registry=REGISTRY,
 )
 
+RUNBOOK_RUNS = Counter(
+    "incidentd_runbook_runs_total",
+    "Runbook runs finished, by runbook and outcome (succeeded, failed, dry_run, denied,"
+    " expired, interrupted, skipped).",
+    ["runbook", "outcome"],
+    registry=REGISTRY,
+)
+RUNBOOK_DURATION = Histogram(
+    "incidentd_runbook_duration_seconds",
+    "Time from a runbook run starting to its end.",
+    ["runbook"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+    registry=REGISTRY,
+)
+
 for _sev in Severity:
     INCIDENTS_OPEN.labels(_sev.value)
     INCIDENTS_OPENED.labels(_sev.value)

@@ -181,6 +181,11 @@ class TimelineKind(enum.StrEnum):
     PROBLEM_LINKED = "problem_linked"
     WORKAROUND = "workaround"
     CHANGE_SUSPECTED = "change_suspected"
+    RUNBOOK_PENDING_APPROVAL = "runbook_pending_approval"
+    RUNBOOK_STARTED = "runbook_started"
+    RUNBOOK_SUCCEEDED = "runbook_succeeded"
+    RUNBOOK_FAILED = "runbook_failed"  # also denied, expired, interrupted, skipped
+    RUNBOOK_NOTIFY = "runbook_notify"
 
 
 SYSTEM_ACTOR = "incidentd"

@@ -330,3 +330,53 @@ used_action_tokens = sa.Table(
     sa.Column("actor", sa.String(255), nullable=False),
     sa.Column("used_at", UTCDateTime(), nullable=False),
 )
+
+# One row per runbook run: what triggered it, its guard decisions, and each step's
+# rendered input and output (a JSON list, appended as steps finish, so a restart
+# knows how far a run got).
+runbook_runs = sa.Table(
+    "runbook_runs",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("runbook", sa.String(128), nullable=False),
+    sa.Column("incident_id", _ID, nullable=True),
+    sa.Column("alert_id", _ID, nullable=True),
+    sa.Column("ci_id", sa.String(255), nullable=True),
+    # pending_approval | queued | running | succeeded | failed | denied | expired |
+    # interrupted | skipped
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("dry_run", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("trigger", sa.String(16), nullable=False),  # alert | manual
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("approver", sa.String(255), nullable=True),
+    sa.Column("params", sa.JSON(), nullable=False),
+    sa.Column("context", sa.JSON(), nullable=False),  # alert, incident, CI as rendered from
+    sa.Column("steps", sa.JSON(), nullable=False, server_default="[]"),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("approval_expires_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_runbook_runs_status_id", "status", "id"),
+    sa.Index("ix_runbook_runs_runbook_ci_id_created_at", "runbook", "ci_id", "created_at"),
+    sa.Index("ix_runbook_runs_incident_id", "incident_id"),
+    # One run per runbook and triggering alert: ingest may see the same alert twice.
+    sa.Index("uq_runbook_runs_runbook_incident_id_alert_id", "runbook", "incident_id",
+             "alert_id", unique=True),
+    # The per-CI lock: at most one running run per CI, on every replica.
+    sa.Index("uq_runbook_runs_running_ci", "ci_id", unique=True,
+             sqlite_where=sa.text("status = 'running'"),
+             postgresql_where=sa.text("status = 'running'")),
+)
+
+# Per runbook: the circuit breaker. The row named `*` is the global kill switch.
+runbook_state = sa.Table(
+    "runbook_state",
+    metadata,
+    sa.Column("runbook", sa.String(128), primary_key=True),
+    sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
