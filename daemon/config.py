@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from daemon.itsm.calendar import CalendarConfig
 
 ENV_PREFIX = "INCIDENTD_"
 
@@ -282,6 +282,55 @@ class LifecycleConfig(_Strict):
     reopen_window_seconds: int = Field(default=3600, ge=0)
     # A resolved incident closes after this long without reopening.
     close_after_seconds: int = Field(default=86_400, gt=0)
+
+
+class CalendarConfig(_Strict):
+    """A calendar as written in configuration (one per SLA policy)."""
+
+    timezone: str = "UTC"
+    always: bool = True
+    weekdays: list[int] = [0, 1, 2, 3, 4]
+    start: time = time(9, 0)
+    end: time = time(17, 0)
+    holidays: list[date] = []
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (expected an IANA name "
+                             "such as 'Europe/Berlin')") from exc
+        return value
+
+    @field_validator("weekdays")
+    @classmethod
+    def _weekday_range(cls, value: list[int]) -> list[int]:
+        bad = [d for d in value if not 0 <= d <= 6]
+        if bad:
+            raise ValueError(f"weekdays must be 0 (Monday) .. 6 (Sunday), got {bad}")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _naive_time(cls, value: time) -> time:
+        # The zone comes from `timezone`; a per-time offset would silently disagree
+        # with it half of the year.
+        if value.tzinfo is not None:
+            raise ValueError("business hours are local times; give the zone in 'timezone'")
+        return value
+
+    @model_validator(mode="after")
+    def _hours_make_sense(self) -> CalendarConfig:
+        # Checked even when `always` is set: a wrong value there is a typo waiting
+        # to bite the day someone switches `always` off.
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start}); "
+                             "overnight shifts are not supported")
+        if not self.always and not self.weekdays:
+            raise ValueError("a business-hours calendar needs at least one weekday")
+        return self
 
 
 class SlaPolicy(_Strict):

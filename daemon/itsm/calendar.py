@@ -17,9 +17,9 @@ import bisect
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from daemon.config import CalendarConfig
 
 _US = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
@@ -27,57 +27,6 @@ _WEEK = timedelta(days=7)
 # A due time further out than this is a misconfiguration (hours of a few seconds a
 # week); refusing it keeps the walk bounded instead of running to year 9999.
 _HORIZON = timedelta(days=100 * 366)
-
-
-class CalendarConfig(BaseModel):
-    """A calendar as written in configuration (one per SLA policy)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    timezone: str = "UTC"
-    always: bool = True
-    weekdays: list[int] = [0, 1, 2, 3, 4]
-    start: time = time(9, 0)
-    end: time = time(17, 0)
-    holidays: list[date] = []
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (expected an IANA name "
-                             "such as 'Europe/Berlin')") from exc
-        return value
-
-    @field_validator("weekdays")
-    @classmethod
-    def _weekday_range(cls, value: list[int]) -> list[int]:
-        bad = [d for d in value if not 0 <= d <= 6]
-        if bad:
-            raise ValueError(f"weekdays must be 0 (Monday) .. 6 (Sunday), got {bad}")
-        return value
-
-    @field_validator("start", "end")
-    @classmethod
-    def _naive_time(cls, value: time) -> time:
-        # The zone comes from `timezone`; a per-time offset would silently disagree
-        # with it half of the year.
-        if value.tzinfo is not None:
-            raise ValueError("business hours are local times; give the zone in 'timezone'")
-        return value
-
-    @model_validator(mode="after")
-    def _hours_make_sense(self) -> CalendarConfig:
-        # Checked even when `always` is set: a wrong value there is a typo waiting
-        # to bite the day someone switches `always` off.
-        if self.end <= self.start:
-            raise ValueError(f"end ({self.end}) must be after start ({self.start}); "
-                             "overnight shifts are not supported")
-        if not self.always and not self.weekdays:
-            raise ValueError("a business-hours calendar needs at least one weekday")
-        return self
 
 
 @dataclass(frozen=True)
