@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -28,6 +29,7 @@ from daemon.api.oncall import OnCallRoutes
 from daemon.api.problems import ProblemRoutes
 from daemon.api.reports import ReportRoutes
 from daemon.api.responses import errors_middleware
+from daemon.api.runbooks import RunbookRoutes
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config, ConfigError
 from daemon.correlation.binding import Binder, compile_rules
@@ -45,6 +47,9 @@ from daemon.itsm.priority import PriorityMatrix
 from daemon.receivers.auth import Credentials
 from daemon.receivers.endpoint import Intake
 from daemon.receivers.integrations import build_integrations
+from daemon.runbooks.catalog import CatalogHolder, CatalogInvalid
+from daemon.runbooks.executor import Executor
+from daemon.runbooks.triggers import Triggers
 from daemon.scheduler import Jobs, start_scheduler
 from daemon.secrets import resolve, resolve_or_generate
 from daemon.store import Store, migrate
@@ -66,6 +71,8 @@ class Components:
     followup: FollowUp
     sender: Sender
     oncall: OnCallRoutes
+    catalog: CatalogHolder
+    executor: Executor
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -87,7 +94,8 @@ def link_secret(config: Config) -> str:
 
 
 def build_oncall(config: Config, *, actions: Actions, followup: FollowUp, store: Store,
-                 clock: Clock) -> OnCallRoutes:
+                 clock: Clock, triggers: Triggers | None = None,
+                 executor_wake: Callable[[], None] | None = None) -> OnCallRoutes:
     """Acknowledge and resolve from signed links, Slack buttons and signed webhooks."""
     inbound = config.notifications
     return OnCallRoutes(
@@ -96,6 +104,7 @@ def build_oncall(config: Config, *, actions: Actions, followup: FollowUp, store:
         slack_max_age_seconds=inbound.slack.max_age_seconds,
         webhook_secrets=[v for v in (resolve(r) for r in inbound.inbound_webhook.secrets) if v],
         webhook_max_age_seconds=inbound.inbound_webhook.max_age_seconds,
+        triggers=triggers, executor_wake=executor_wake,
     )
 
 
@@ -149,15 +158,18 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
     return app
 
 
-async def start(config: Config, *, clock: Clock | None = None) -> Components:
-    """Open the store, migrate, rebuild caches, start the writer; return the wired app."""
-    clock = clock or SystemClock()
+async def open_store(config: Config) -> Store:
     store = Store.open(config.database.url, sqlite_synchronous=config.database.sqlite_synchronous,
                        pool_size=config.database.pool_size)
     if config.database.auto_migrate:
         await migrate.upgrade(store)
     async with store.read() as conn:
         metrics.set_open_incidents(await incident_store.count_open_by_severity(conn))
+    return store
+
+
+async def load_cmdb(config: Config, store: Store, clock: Clock) -> tuple[Cmdb, TopologyHolder]:
+    """The CMDB from the store, then from its files (which win); a bad file stops the start."""
     topology = TopologyHolder()
     cmdb = Cmdb(store=store, clock=clock, topology=topology, files=config.cmdb.files)
     try:
@@ -165,9 +177,31 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         if config.cmdb.files:
             await cmdb.reload_files()
     except CmdbInvalid as err:
-        await store.close()
         raise ConfigError(err.describe()) from None
+    return cmdb, topology
+
+
+def load_runbooks(config: Config) -> CatalogHolder:
+    try:
+        return CatalogHolder(files=config.runbooks.files)
+    except CatalogInvalid as err:
+        raise ConfigError(err.problems) from None
+
+
+async def start(config: Config, *, clock: Clock | None = None) -> Components:
+    """Open the store, migrate, rebuild caches, start the workers; return the wired app."""
+    clock = clock or SystemClock()
+    store = await open_store(config)
+    try:
+        cmdb, topology = await load_cmdb(config, store, clock)
+        catalog = load_runbooks(config)
+    except ConfigError:
+        await store.close()
+        raise
     followup = FollowUp(config, topology, clock=clock, link_secret=link_secret(config))
+    triggers = Triggers(catalog=catalog, config=config.runbooks, topology=topology)
+    followup.automation = triggers.create_runs
+    triggers.followup = followup
     pipeline = build_pipeline(config, topology, clock, followup)
     writer = IngestWriter(
         store=store, pipeline=pipeline,
@@ -179,30 +213,54 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     sender = Sender(config=config.notifications, store=store, clock=clock)
     followup.wake = sender.wake
     sender.start()
-    jobs = Jobs(store=store, clock=clock, config=config, followup=followup, pipeline=pipeline)
-    scheduler = start_scheduler(jobs, config)
-    health = HealthRoutes(store=store)
     actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority),
                       followup=followup)
-    oncall = build_oncall(config, actions=actions, followup=followup, store=store, clock=clock)
+    executor = Executor(store=store, clock=clock, catalog=catalog, config=config.runbooks,
+                        actions=actions, escalations_escalate=actions.escalate,
+                        followup=followup)
+    followup.wake_runs = executor.wake
+    # Runs a dead process left mid-step are reported, never re-run blindly.
+    await executor.interrupt_running()
+    executor.start()
+    jobs = Jobs(store=store, clock=clock, config=config, followup=followup, pipeline=pipeline,
+                triggers=triggers)
+    scheduler = start_scheduler(jobs, config)
+    health = HealthRoutes(store=store)
+    oncall = build_oncall(config, actions=actions, followup=followup, store=store, clock=clock,
+                          triggers=triggers, executor_wake=executor.wake)
     app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb,
                     topology=topology, followup=followup, actions=actions, oncall=oncall,
                     sender=sender)
+    app.add_routes(RunbookRoutes(store=store, clock=clock, catalog=catalog, triggers=triggers,
+                                 executor_wake=executor.wake,
+                                 dry_run_all=config.runbooks.dry_run).routes())
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
                       cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup,
-                      sender=sender, oncall=oncall)
+                      sender=sender, oncall=oncall, catalog=catalog, executor=executor)
 
 
 async def stop(components: Components) -> None:
     components.scheduler.shutdown(wait=False)
     await components.jobs.drain()
     await components.oncall.drain()
+    await components.executor.stop()  # a run cut short is recorded as interrupted
     await components.cmdb.drain()
     await components.writer.stop()
     # Last before the store: what the writer committed is in the outbox by now;
     # what is not delivered yet waits there for the next start.
     await components.sender.stop()
     await components.store.close()
+
+
+def reload(components: Components) -> None:
+    """SIGHUP: read the CMDB and runbook files again; a bad file keeps the old ones."""
+    components.cmdb.reload_in_background()
+    try:
+        catalog = components.catalog.reload()
+    except CatalogInvalid as err:
+        log.error("runbook files invalid; the previous catalog stays", problems=err.problems)
+        return
+    log.info("runbooks reloaded", runbooks=len(catalog.runbooks))
 
 
 async def serve(config: Config) -> int:
@@ -234,7 +292,7 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, components.cmdb.reload_in_background)
+    loop.add_signal_handler(signal.SIGHUP, reload, components)
     await stopping.wait()
 
     log.info("shutting down: finishing in-flight requests")

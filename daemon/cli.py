@@ -77,7 +77,8 @@ def _check_config(path: Path | None) -> int:
     source = str(path or "<defaults>")
     try:
         config = load_config(path)
-        problems = _secret_file_problems(config, source) + _correlation_problems(config, source)
+        problems = (_secret_file_problems(config, source) + _correlation_problems(config, source)
+                    + _runbook_problems(config))
     except ConfigError as err:
         problems = err.problems
     if problems:
@@ -167,6 +168,19 @@ def _correlation_problems(config: Config, source: str) -> list[str]:
     except CmdbInvalid as err:
         problems += err.describe()
     return problems
+
+
+def _runbook_problems(config: Config) -> list[str]:
+    """The runbook catalog must load whole: each problem names its file and key path."""
+    if not config.runbooks.files:
+        return []
+    from daemon.runbooks.catalog import CatalogInvalid, read_catalog
+
+    try:
+        read_catalog(config.runbooks.files)
+    except CatalogInvalid as err:
+        return list(err.problems)
+    return []
 
 
 async def _migrate(config: Config) -> int:

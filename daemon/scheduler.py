@@ -21,6 +21,7 @@ from daemon.ingest import BatchResult, Pipeline, record
 from daemon.itsm import incidents
 from daemon.itsm.followup import FollowUp
 from daemon.models import incident_key
+from daemon.runbooks.triggers import Triggers
 from daemon.store import Store, StoreUnavailable
 
 log = structlog.get_logger("incidentd.scheduler")
@@ -28,7 +29,8 @@ log = structlog.get_logger("incidentd.scheduler")
 
 class Jobs:
     def __init__(self, *, store: Store, clock: Clock, config: Config, followup: FollowUp,
-                 pipeline: Pipeline) -> None:
+                 pipeline: Pipeline, triggers: Triggers | None = None) -> None:
+        self._triggers = triggers
         self._store = store
         self._clock = clock
         self._config = config
@@ -54,6 +56,9 @@ class Jobs:
 
     async def release_maintenance(self) -> int:
         return await self._guarded("ending maintenance windows", self._release)
+
+    async def expire_approvals(self) -> int:
+        return await self._guarded("expiring runbook approvals", self._expire)
 
     async def _guarded(self, what: str, job: Callable[[], Awaitable[int]]) -> int:
         if self._closing:
@@ -100,6 +105,13 @@ class Jobs:
                      policy=e.policy, level=e.level, targets=list(e.targets), reason=e.reason)
         return len(effects.escalations)
 
+    async def _expire(self) -> int:
+        if self._triggers is None:
+            return 0
+        now = self._clock.now()
+        async with self._store.write() as conn:
+            return await self._triggers.expire(conn, now)
+
     async def _release(self) -> int:
         result: BatchResult
         async with self._store.write() as conn:
@@ -116,6 +128,7 @@ def start_scheduler(jobs: Jobs, config: Config) -> AsyncIOScheduler:
         "sla-clocks": (jobs.check_sla, config.sla.check_interval_seconds),
         "escalation": (jobs.escalate_unacknowledged, config.escalation.check_interval_seconds),
         "maintenance-windows": (jobs.release_maintenance, config.changes.check_interval_seconds),
+        "runbook-approvals": (jobs.expire_approvals, 30.0),
     }
     for job_id, (job, seconds) in every.items():
         # The first run comes at once, catching up on what fell due during downtime.

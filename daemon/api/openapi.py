@@ -14,6 +14,7 @@ from daemon import __version__
 from daemon.api.changes import EditBody, NewChangeBody
 from daemon.api.incidents import ActionBody, EscalateBody, PatchBody
 from daemon.api.problems import NewProblemBody, PatchProblemBody
+from daemon.api.runbooks import OPENAPI_MODELS, openapi_paths
 from daemon.itsm.cmdb_documents import CIDocument, CIModel
 from daemon.itsm.inbound_webhook import ActionRequest
 from daemon.receivers.alertmanager import WebhookMessage
@@ -36,6 +37,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "NewProblem": NewProblemBody,
     "ProblemEdit": PatchProblemBody,
     "InboundAction": ActionRequest,
+    **OPENAPI_MODELS,
     "CI": CIModel,
     "CmdbDocument": CIDocument,
 }
@@ -168,6 +170,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _body("InboundAction"),
                 "responses": {"200": {"description": "Done (or already acknowledged)"},
                               "400": _ERROR, "401": _ERROR, "404": _ERROR, "409": _ERROR}}},
+            **openapi_paths(_ERROR),
             "/api/v1/cmdb/cis": _read("List configuration items (filters: type, service)"),
             "/api/v1/cmdb/cis/{id}": {
                 **_read("One configuration item, with its dependents"),

@@ -1,11 +1,12 @@
 """Signed action links: a URL in a notification that acknowledges or resolves one
-incident on behalf of one person, for a limited time, once.
+incident, or approves or denies one runbook run waiting for approval, on behalf of
+one person, for a limited time, once.
 
 The token is `<payload>.<signature>`, both base64url: the payload is compact JSON
-naming the incident, the action, the person, the expiry and a random nonce; the
-signature is HMAC-SHA256 of the payload text with the configured secret. Using a
-link records its nonce, so a second use (a forwarded mail, a double click) is
-refused, on every replica.
+naming the incident, the action, the person, the expiry, a random nonce and, for
+`approve`/`deny`, the run (`r`); the signature is HMAC-SHA256 of the payload text
+with the configured secret. Using a link records its nonce, so a second use (a
+forwarded mail, a double click) is refused, on every replica.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from daemon.clock import Clock
 from daemon.errors import UserError
 from daemon.store.tables import used_action_tokens
 
-ACTIONS = ("acknowledge", "resolve")
+ACTIONS = ("acknowledge", "resolve", "approve", "deny")
+# Actions on a runbook run rather than on the incident: their links name the run.
+RUN_ACTIONS = frozenset({"approve", "deny"})
 
 
 class InvalidLink(UserError):
@@ -43,6 +46,7 @@ class ActionClaim:
     person: str
     expires_at: datetime
     nonce: str
+    run_id: int | None = None  # the run an `approve`/`deny` link decides
 
 
 class ActionLinks:
@@ -52,15 +56,23 @@ class ActionLinks:
         self._base = public_url.rstrip("/")
         self._clock = clock
 
-    def url(self, incident_id: int, action: str, person: str) -> str:
-        return f"{self._base}/actions/{self.token(incident_id, action, person)}"
+    def url(self, incident_id: int, action: str, person: str, run_id: int | None = None
+            ) -> str:
+        return f"{self._base}/actions/{self.token(incident_id, action, person, run_id)}"
 
-    def token(self, incident_id: int, action: str, person: str) -> str:
+    def token(self, incident_id: int, action: str, person: str, run_id: int | None = None
+              ) -> str:
         if action not in ACTIONS:
             raise ValueError(f"no action link for {action!r}")
+        if (action in RUN_ACTIONS) != (run_id is not None):
+            raise ValueError(f"a {action!r} link {'needs' if run_id is None else 'takes no'} "
+                             "run id")
         expires = self._clock.now() + self._ttl
-        claim = {"i": incident_id, "a": action, "p": person,
-                 "e": int(expires.timestamp()), "n": secrets.token_urlsafe(12)}
+        claim: dict[str, object] = {"i": incident_id, "a": action, "p": person,
+                                    "e": int(expires.timestamp()),
+                                    "n": secrets.token_urlsafe(12)}
+        if run_id is not None:
+            claim["r"] = run_id
         payload = _b64(json.dumps(claim, separators=(",", ":")).encode())
         return f"{payload}.{_b64(self._sign(payload))}"
 
@@ -78,8 +90,14 @@ class ActionLinks:
         if self._clock.now() >= expires:
             raise InvalidLink("this link has expired; use the incident page or ask for a "
                               "new notification")
-        return ActionClaim(incident_id=int(claim["i"]), action=str(claim["a"]),
-                           person=str(claim["p"]), expires_at=expires, nonce=str(claim["n"]))
+        action = str(claim["a"])
+        run_id = int(claim["r"]) if claim.get("r") is not None else None
+        # Signed by us, so only a link from a newer or older daemon could fail this.
+        if action not in ACTIONS or (action in RUN_ACTIONS) != (run_id is not None):
+            raise InvalidLink("this link is not valid (unknown action)")
+        return ActionClaim(incident_id=int(claim["i"]), action=action,
+                           person=str(claim["p"]), expires_at=expires, nonce=str(claim["n"]),
+                           run_id=run_id)
 
     async def use(self, conn: AsyncConnection, claim: ActionClaim, now: datetime) -> None:
         """Record the link as used, in the caller's transaction; refuse a second use,

@@ -10,7 +10,7 @@ is harmless. The returned `Effects` are counted only after the commit.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,8 @@ from daemon.itsm.notify import Notifier
 from daemon.itsm.problems import ProblemLinked, Problems
 from daemon.itsm.sla import SlaClocks, SlaEvent
 
+Automation = Callable[[AsyncConnection, Sequence[int], datetime], Awaitable[Sequence[int]]]
+
 
 @dataclass(slots=True)
 class Effects:
@@ -35,6 +37,8 @@ class Effects:
     problems: list[ProblemLinked] = field(default_factory=list)
     notified: int = 0  # outbox rows written
     wake: Callable[[], None] | None = None  # tells the sender there is work
+    runs: int = 0  # runbook runs created
+    wake_runs: Callable[[], None] | None = None  # tells the runbook executor
 
     def record_metrics(self) -> None:
         """Call only after the transaction that produced these has committed."""
@@ -43,6 +47,8 @@ class Effects:
         problems.record_metrics(self.problems)
         if self.notified and self.wake is not None:
             self.wake()
+        if self.runs and self.wake_runs is not None:
+            self.wake_runs()
 
 
 class FollowUp:
@@ -57,6 +63,11 @@ class FollowUp:
                                  public_url=public_url(config))
         # Set once the sender runs; until then (tests, replay) the outbox just fills.
         self.wake: Callable[[], None] | None = None
+        # Set by the composition root: creates runbook runs for the alerts just linked
+        # to these incidents. A callable, so this layer does not import the automation
+        # built on top of it.
+        self.automation: Automation | None = None
+        self.wake_runs: Callable[[], None] | None = None
         self.escalations = Escalations(config.escalation)
         self.problems = Problems(config.problems)
         self._topology = topology
@@ -75,10 +86,11 @@ class FollowUp:
                               window_seconds=self._suspect_window, depth=self._depth)
         clocks = await self.sla.sync(conn, ids, now)
         escalated = await self.escalations.sync(conn, ids, now)
+        runs = await self.automation(conn, ids, now) if self.automation else []
         # Last: every timeline entry of this transaction is written by now.
         notified = await self.notifier.enqueue_from_timeline(conn, ids, now)
         return Effects(sla=clocks, escalations=escalated, problems=linked, notified=notified,
-                       wake=self.wake)
+                       wake=self.wake, runs=len(runs), wake_runs=self.wake_runs)
 
     async def sweep_sla(self, conn: AsyncConnection, now: datetime) -> Effects:
         events = await self.sla.sweep(conn, now)

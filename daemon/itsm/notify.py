@@ -18,6 +18,10 @@ matches when every condition it gives holds (`events`: exact types or
 1-based levels). An `incident.escalated` event also always goes to the targets
 its level names as `webhook:<name>` or `slack:<name>`: that is how an
 escalation level pages a chat channel.
+
+Runbook runs are events too (`runbook.pending_approval`, `runbook.started`,
+`runbook.succeeded`, `runbook.failed`, `runbook.notify`); a pending approval's
+`actions` hold signed `approve` / `deny` links for the run (detail `run`).
 """
 
 from __future__ import annotations
@@ -49,9 +53,16 @@ EVENT_OF_KIND: Mapping[str, str] = {
     "priority_changed": "incident.priority_updated",
     "sla_warning": "incident.sla_warning",
     "sla_breached": "incident.sla_breached",
+    "runbook_pending_approval": "runbook.pending_approval",
+    "runbook_started": "runbook.started",
+    "runbook_succeeded": "runbook.succeeded",
+    "runbook_failed": "runbook.failed",
+    "runbook_notify": "runbook.notify",
 }
 
 ESCALATED = "incident.escalated"
+# A run waits for someone: its event carries signed approve/deny links for the run.
+PENDING_APPROVAL = "runbook.pending_approval"
 # Escalation level targets that name a notification target.
 _PAGED_KINDS = ("webhook", "slack")
 _OPEN = frozenset(s.value for s in OPEN_STATUSES)
@@ -162,17 +173,23 @@ class Notifier:
             NewNotification(event_id=eid, event_type=event_type,
                             incident_id=entry.incident_id, timeline_id=entry.id,
                             target=target.name,
-                            payload={"event": event | {"actions": self._actions(incident,
-                                                                                target.name)}})
+                            payload={"event": event | {"actions": self._actions(
+                                incident, target.name, _pending_run(event_type, entry.detail))}})
             for target in self._targets if wants(target, subject)
         ]
 
-    def _actions(self, incident: Mapping[str, Any], person: str) -> dict[str, str]:
-        """Signed links naming the target as the person; only while the incident is open."""
-        if incident["status"] not in _OPEN:
-            return {}
-        return {action: self._links.url(incident["id"], action, person)
-                for action in ("acknowledge", "resolve")}
+    def _actions(self, incident: Mapping[str, Any], person: str, run_id: int | None
+                 ) -> dict[str, str]:
+        """Signed links naming the target as the person: acknowledge and resolve while the
+        incident is open; approve and deny when the event is a run waiting for approval."""
+        links: dict[str, str] = {}
+        if run_id is not None:
+            links |= {action: self._links.url(incident["id"], action, person, run_id)
+                      for action in ("approve", "deny")}
+        if incident["status"] in _OPEN:
+            links |= {action: self._links.url(incident["id"], action, person)
+                      for action in ("acknowledge", "resolve")}
+        return links
 
     async def _snapshots(self, conn: AsyncConnection, ids: Sequence[int]
                          ) -> dict[int, dict[str, Any]]:
@@ -203,6 +220,12 @@ class Notifier:
             "escalation": (None if r.escalation_policy is None else
                            {"policy": r.escalation_policy, "level": r.escalation_level + 1}),
         }
+
+
+def _pending_run(event_type: str, detail: Mapping[str, Any]) -> int | None:
+    """The run a pending-approval event is about (its timeline detail names it as `run`)."""
+    run = detail.get("run") if event_type == PENDING_APPROVAL else None
+    return run if isinstance(run, int) and not isinstance(run, bool) else None
 
 
 def _clock_order(c: ClockRow) -> int:

@@ -36,6 +36,12 @@ store itself (no sampling, no Prometheus). Definitions:
   `backed_out`; `success_rate` = the share with neither a suspected incident
   nor a failed outcome, null when `total` is 0. Changes are records of their
   own, not incidents: the `service`/`priority` filters do not narrow them.
+- **automation**: `resolved_by_automation` = incidents in scope with
+  `resolved_at` whose latest `resolved` timeline entry was written by a
+  runbook (actor `runbook:<name>`); `share_of_resolutions` = that divided by
+  the incidents in scope with `resolved_at` (the `mttr_seconds` count), null
+  when none; `runs` = the runbook runs on the incidents in scope by status
+  (every status listed, zeros included).
 
 Ratios are plain floats, not rounded.
 """
@@ -54,6 +60,7 @@ from daemon.clock import timestamp
 from daemon.models import IncidentStatus, Priority
 from daemon.store import reports as report_store
 from daemon.store.reports import ChangeCounts, ReportIncident
+from daemon.store.runbooks import STATUSES as RUN_STATUSES
 
 SLA_CLOCKS = ("response", "resolution")
 _PERCENTILES = (50, 90)
@@ -83,6 +90,9 @@ async def summary(conn: AsyncConnection, query: SummaryQuery) -> dict[str, Any]:
     suppressed = 0 if filtered else await report_store.suppressed_alert_count(
         conn, since=query.since, until=query.until)
     changes = await report_store.change_counts(conn, since=query.since, until=query.until)
+    resolved_ids = [i.id for i in scoped if i.resolved_at is not None]
+    automated = await report_store.resolved_by_automation(conn, resolved_ids)
+    runs = await report_store.run_outcomes(conn, ids)
     return {
         "since": timestamp(query.since),
         "until": timestamp(query.until),
@@ -94,6 +104,7 @@ async def summary(conn: AsyncConnection, query: SummaryQuery) -> dict[str, Any]:
         "reopen_rate": ratio(reopened, len(scoped)),
         "alerts": _alerts(incidents=len(scoped), linked=linked, suppressed=suppressed),
         "changes": _changes(changes),
+        "automation": _automation(automated=automated, resolved=len(resolved_ids), runs=runs),
     }
 
 
@@ -155,6 +166,14 @@ def _alerts(*, incidents: int, linked: int, suppressed: int) -> dict[str, Any]:
         "per_incident": ratio(linked, incidents),
         "suppressed_by_maintenance": suppressed,
         "noise_reduction": 1 - incidents / seen if seen else None,
+    }
+
+
+def _automation(*, automated: int, resolved: int, runs: Counter[str]) -> dict[str, Any]:
+    return {
+        "resolved_by_automation": automated,
+        "share_of_resolutions": ratio(automated, resolved),
+        "runs": {s: runs[s] for s in [*RUN_STATUSES, *sorted(set(runs) - set(RUN_STATUSES))]},
     }
 
 

@@ -1,4 +1,6 @@
-"""Slack interactivity: the Acknowledge / Resolve buttons on our Slack messages.
+"""Slack interactivity: the Acknowledge / Resolve buttons on our Slack messages, and
+Approve / Deny on a runbook run waiting for approval (`approve_run` / `deny_run`,
+the run id as value).
 
 Slack POSTs a form with one field, `payload` (JSON, type `block_actions`), signed
 with the app's signing secret:
@@ -18,7 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -35,12 +37,26 @@ from daemon.receivers.auth import ReplayGuard
 from daemon.receivers.validation import invalid_input
 from daemon.store import StoreUnavailable
 
+if TYPE_CHECKING:
+    from daemon.store.runbooks import RunView
+
 log = structlog.get_logger("incidentd.slack")
 
 SIGNATURE_HEADER = "X-Slack-Signature"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 _PAST = {"acknowledge": "Acknowledged", "resolve": "Resolved"}
 _ALL_MOVES = frozenset(_PAST)
+# Button action_id → the decision on the run it names.
+RUN_DECISIONS = {"approve_run": "approve", "deny_run": "deny"}
+_RUN_PAST = {"approve": "Approved", "deny": "Denied"}
+_RUN_BUTTONS = frozenset(RUN_DECISIONS)
+
+
+class RunDecider(Protocol):
+    """Approves or denies a run waiting for approval, as `actor`; raises `UserError`
+    (no such run, not pending, expired) when it cannot."""
+
+    async def __call__(self, run_id: int, decision: str, *, actor: str) -> RunView: ...
 
 
 class SlackVerifier:
@@ -98,6 +114,13 @@ class _Move(BaseModel):
         return incident_ref(value)
 
 
+class _RunDecision(BaseModel):
+    """A press of Approve / Deny on a run waiting for approval: the run is the value."""
+
+    action_id: Literal["approve_run", "deny_run"]
+    value: int = Field(gt=0)
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     text: str | None = None
@@ -117,14 +140,23 @@ class _Payload(BaseModel):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlackClick:
-    """One button press: who pressed which button on which incident's message."""
+    """One button press: who pressed which button on which incident's message (or, for
+    `approve_run` / `deny_run`, on which run)."""
 
     action: str
-    incident_id: int
+    incident_id: int | None  # None for a run's buttons: the run names its incident
     user_id: str
     actor: str  # `slack:<username or id>`, as the timeline records it
     response_url: str  # a capability (anyone holding it may post): never logged
     blocks: tuple[dict[str, Any], ...]
+    run_id: int | None = None
+
+    @property
+    def subject(self) -> str:
+        """What the click is about, for logs and messages."""
+        if self.run_id is not None:
+            return f"run {self.run_id}"
+        return incident_key(self.incident_id or 0)
 
 
 def parse_click(body: bytes) -> SlackClick | None:
@@ -135,19 +167,31 @@ def parse_click(body: bytes) -> SlackClick | None:
     """
     payload = _payload(body)
     pressed = payload.actions[0]
-    if pressed.action_id not in _PAST:
+    if pressed.action_id not in _PAST and pressed.action_id not in RUN_DECISIONS:
         return None
+    user = payload.user
+    blocks = tuple(payload.message.blocks) if payload.message else ()
+    actor = f"slack:{user.username or user.id}"
+    if pressed.action_id in RUN_DECISIONS:
+        decision = _pressed(_RunDecision, pressed)
+        return SlackClick(action=decision.action_id, incident_id=None, run_id=decision.value,
+                          user_id=user.id, actor=actor, response_url=payload.response_url,
+                          blocks=blocks)
+    move = _pressed(_Move, pressed)
+    return SlackClick(action=move.action_id, incident_id=move.value, user_id=user.id,
+                      actor=actor, response_url=payload.response_url, blocks=blocks)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _pressed(model: type[_M], pressed: _Action) -> _M:
     try:
-        move = _Move.model_validate(pressed.model_dump())
+        return model.model_validate(pressed.model_dump())
     except ValidationError as exc:
         error = invalid_input(exc, "Slack payload")
         first = f"actions[0].{error.errors[0]['field']}"
         raise _bad(first, error.errors[0]["reason"]) from None
-    user = payload.user
-    return SlackClick(
-        action=move.action_id, incident_id=move.value, user_id=user.id,
-        actor=f"slack:{user.username or user.id}", response_url=payload.response_url,
-        blocks=tuple(payload.message.blocks) if payload.message else ())
 
 
 def _payload(body: bytes) -> _Payload:
@@ -174,24 +218,28 @@ def _bad(field: str, reason: str) -> InvalidInput:
 class SlackClicks:
     """Makes the move a button asks for, then says what happened in the message."""
 
-    def __init__(self, *, actions: Actions, timeout_seconds: float = 10) -> None:
+    def __init__(self, *, actions: Actions, decide_run: RunDecider | None = None,
+                 timeout_seconds: float = 10) -> None:
         self._actions = actions
+        self._decide_run = decide_run
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
     async def handle(self, click: SlackClick) -> None:
         """Never raises: it runs after Slack has had its answer."""
-        key = incident_key(click.incident_id)
+        key = click.subject
+        verb = RUN_DECISIONS.get(click.action, click.action)
         try:
-            message = await self._move(click)
+            message = await (self._decide(click) if click.run_id is not None
+                             else self._move(click))
         except StoreUnavailable as err:
-            log.warning("Slack action failed: store unavailable", incident=key,
+            log.warning("Slack action failed: store unavailable", subject=key,
                         action=click.action, reason=str(err))
-            message = _ephemeral(f"Could not {click.action} {key} right now (database "
+            message = _ephemeral(f"Could not {verb} {key} right now (database "
                                  "unavailable); please press the button again.")
         except Exception:
-            log.exception("Slack action failed", incident=key, action=click.action)
-            message = _ephemeral(f"Could not {click.action} {key}: internal error; "
+            log.exception("Slack action failed", subject=key, action=click.action)
+            message = _ephemeral(f"Could not {verb} {key}: internal error; "
                                  "see the incidentd log.")
         await self._post(click, message)
 
@@ -201,6 +249,7 @@ class SlackClicks:
             self._session = None
 
     async def _move(self, click: SlackClick) -> dict[str, Any]:
+        assert click.incident_id is not None  # parse_click sets it for incident buttons
         key = incident_key(click.incident_id)
         try:
             t = await self._actions.move(click.incident_id, click.action, actor=click.actor,
@@ -212,22 +261,39 @@ class SlackClicks:
         spent = frozenset({"acknowledge"}) if click.action == "acknowledge" else _ALL_MOVES
         return _replacing(click, _said(click, t), spent=spent)
 
+    async def _decide(self, click: SlackClick) -> dict[str, Any]:
+        assert click.run_id is not None
+        decision = RUN_DECISIONS[click.action]
+        if self._decide_run is None:
+            return _replacing(click, "Runbook approvals are not enabled on this incidentd.",
+                              spent=_RUN_BUTTONS)
+        try:
+            run = await self._decide_run(click.run_id, decision, actor=click.actor)
+        except UserError as err:  # no such run, no longer pending, expired
+            return _replacing(click, f"Could not {decision} run {click.run_id}: "
+                              f"{_escape(err.message)}", spent=_RUN_BUTTONS)
+        log.info(f"run {decision} via Slack", run=run.id, runbook=run.runbook,
+                 actor=click.actor)
+        line = (f"{_RUN_PAST[decision]} by <@{click.user_id}> {_when(run.updated_at)}: "
+                f"runbook {_escape(run.runbook)}, run {run.id}")
+        return _replacing(click, line, spent=_RUN_BUTTONS)
+
     async def _post(self, click: SlackClick, message: dict[str, Any]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        key = incident_key(click.incident_id)
+        key = click.subject
         try:
             async with self._session.post(click.response_url, json=message) as resp:
                 if resp.status >= 300:
-                    log.warning("Slack refused the message update", incident=key,
+                    log.warning("Slack refused the message update", subject=key,
                                 status=resp.status)
         except (aiohttp.ClientError, TimeoutError) as err:
-            log.warning("Slack message update failed", incident=key,
+            log.warning("Slack message update failed", subject=key,
                         reason=type(err).__name__)
 
 
 def _said(click: SlackClick, t: Transition) -> str:
-    key = incident_key(click.incident_id)
+    key = click.subject
     if t.already is not None:
         return (f"{key} was already acknowledged by {_escape(t.already.actor)} "
                 f"{_when(t.already.at)} (first); <@{click.user_id}> pressed it too")

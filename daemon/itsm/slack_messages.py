@@ -5,7 +5,10 @@ fields Priority, Status, Root cause, Impacted services and SLA due, and, while
 the incident is open, an `actions` block whose buttons have `action_id`
 `acknowledge` and `resolve` and the incident id (as a string) as `value`: the
 Slack interactivity handler reads those. A link button (`open_incident`) opens
-the incident. `text` is the plain fallback Slack shows in notifications.
+the incident. A runbook run waiting for approval (`runbook.pending_approval`)
+adds Approve / Deny buttons first, `action_id` `approve_run` and `deny_run` with
+the run id (as a string) as `value`. `text` is the plain fallback Slack shows in
+notifications.
 
 Texts are clipped to Slack's limits (header 150, section text 3000, field 2000,
 button text 75 characters), so an overlong title never makes Slack refuse the
@@ -19,6 +22,8 @@ from typing import Any
 ACKNOWLEDGE = "acknowledge"
 RESOLVE = "resolve"
 OPEN = "open_incident"
+APPROVE_RUN = "approve_run"
+DENY_RUN = "deny_run"
 
 _OPEN_STATUSES = ("triggered", "acknowledged", "on_hold")
 
@@ -31,7 +36,13 @@ _HEADLINES = {
     "incident.priority_updated": "Priority changed by {actor}",
     "incident.sla_warning": "SLA warning: {clock} due {due}",
     "incident.sla_breached": "SLA breached: {clock} was due {due}",
+    "runbook.pending_approval": "Runbook {runbook} waits for approval (run {run})",
+    "runbook.started": "Runbook {runbook} started (run {run})",
+    "runbook.succeeded": "Runbook {runbook} succeeded (run {run})",
+    "runbook.failed": "Runbook {runbook} {outcome} (run {run})",
+    "runbook.notify": "Runbook {runbook}: {message}",
 }
+PENDING_APPROVAL = "runbook.pending_approval"
 
 
 def message(envelope: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +58,7 @@ def message(envelope: dict[str, Any]) -> dict[str, Any]:
          "text": {"type": "mrkdwn", "text": _clip(f"*{_escape(headline)}*", 3000)},
          "fields": _fields(incident)},
         {"type": "actions", "block_id": f"incident:{incident['id']}",
-         "elements": _buttons(incident)},
+         "elements": _run_buttons(event) + _buttons(incident)},
     ]
     fallback = (f"{incident['key']} {headline}: {incident['title']} "
                 f"({incident.get('priority') or 'no priority'})")
@@ -60,7 +71,32 @@ def _headline(event: dict[str, Any]) -> str:
     return template.format(actor=event.get("actor") or "someone",
                            level=detail.get("level", "?"),
                            clock=detail.get("clock", "?"),
-                           due=detail.get("due_at") or "?")
+                           due=detail.get("due_at") or "?",
+                           runbook=detail.get("runbook") or "?",
+                           run=detail.get("run", "?"),
+                           outcome=detail.get("status") or "failed",
+                           message=detail.get("message") or "")
+
+
+def _run_buttons(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """Approve / Deny for a run waiting for approval; the value is the run id."""
+    run = (event.get("detail") or {}).get("run")
+    if event["event_type"] != PENDING_APPROVAL or not isinstance(run, int):
+        return []
+    value = str(run)
+    return [
+        {"type": "button", "action_id": APPROVE_RUN, "value": value, "style": "primary",
+         "text": {"type": "plain_text", "text": "Approve run"}},
+        {"type": "button", "action_id": DENY_RUN, "value": value, "style": "danger",
+         "text": {"type": "plain_text", "text": "Deny run"},
+         "confirm": {
+             "title": {"type": "plain_text", "text": "Deny?"},
+             "text": {"type": "plain_text", "text": _clip(
+                 f"Deny run {value} of {(event.get('detail') or {}).get('runbook', '?')}?",
+                 300)},
+             "confirm": {"type": "plain_text", "text": "Deny"},
+             "deny": {"type": "plain_text", "text": "Cancel"}}},
+    ]
 
 
 def _fields(incident: dict[str, Any]) -> list[dict[str, Any]]:

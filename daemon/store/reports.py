@@ -25,11 +25,15 @@ from daemon.store.tables import (
     changes,
     incident_alerts,
     incidents,
+    runbook_runs,
     sla_clocks,
     timeline,
 )
 
 CHUNK = 10_000
+
+# The actor of a timeline entry written by a runbook run: `runbook:<name>`.
+AUTOMATION_ACTOR_PREFIX = "runbook:"
 
 # Changes that never happened (or not yet) are not judged.
 UNJUDGED_CHANGE_STATES = ("cancelled", "rejected", "requested")
@@ -172,3 +176,38 @@ async def change_counts(conn: AsyncConnection, *, since: datetime, until: dateti
     total, with_incident, failed_n, unsuccessful = result.one()
     return ChangeCounts(total=int(total), with_incident=int(with_incident),
                         failed=int(failed_n), unsuccessful=int(unsuccessful))
+
+
+async def resolved_by_automation(conn: AsyncConnection, incident_ids: Sequence[int]) -> int:
+    """How many of these incidents were last resolved by a runbook: the latest `resolved`
+    entry of their timeline has an actor starting with `runbook:` (a person resolving it
+    again after a reopen takes the credit back)."""
+    total = 0
+    for chunk in chunks(incident_ids):
+        latest = (
+            sa.select(sa.func.max(timeline.c.id))
+            .where(timeline.c.incident_id.in_(chunk),
+                   timeline.c.kind == TimelineKind.RESOLVED.value)
+            .group_by(timeline.c.incident_id)
+        )
+        result = await conn.execute(
+            sa.select(sa.func.count())
+            .where(timeline.c.id.in_(latest),
+                   timeline.c.actor.startswith(AUTOMATION_ACTOR_PREFIX, autoescape=True))
+        )
+        total += int(result.scalar_one())
+    return total
+
+
+async def run_outcomes(conn: AsyncConnection, incident_ids: Sequence[int]) -> Counter[str]:
+    """Runbook runs on these incidents, by status."""
+    counts: Counter[str] = Counter()
+    for chunk in chunks(incident_ids):
+        result = await conn.execute(
+            sa.select(runbook_runs.c.status, sa.func.count())
+            .where(runbook_runs.c.incident_id.in_(chunk))
+            .group_by(runbook_runs.c.status)
+        )
+        for status, n in result:
+            counts[status] += int(n)
+    return counts
