@@ -682,8 +682,10 @@ def example_config() -> dict[str, Any]:
     pass to `DaemonProcess(config=...)`."""
     loaded = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert isinstance(loaded, dict), EXAMPLE_CONFIG
-    # The copy lives elsewhere: keep its CMDB files pointing at the shipped ones.
-    loaded["cmdb"]["files"] = [str(EXAMPLE_CONFIG.parent / f) for f in loaded["cmdb"]["files"]]
+    # The copy lives elsewhere: keep its CMDB and runbook files pointing at the shipped ones.
+    for section in ("cmdb", "runbooks"):
+        loaded[section]["files"] = [str(EXAMPLE_CONFIG.parent / f)
+                                    for f in loaded[section]["files"]]
     return loaded
 
 
