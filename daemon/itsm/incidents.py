@@ -32,6 +32,7 @@ from daemon.models import (
 )
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as store
+from daemon.store import runbooks as runbook_store
 from daemon.store.alerts import EarlierFirings, ResolvedAlert
 from daemon.store.incidents import IncidentState, NewIncident
 
@@ -160,12 +161,18 @@ async def resolve_cleared(
         conn, cleared, allowed_from=_OPEN, to=IncidentStatus.RESOLVED,
         values={"resolved_at": now},
     )
-    await store.add_timeline(conn, [
-        (m.id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.RESOLVED,
-                             detail={"reason": "all alerts resolved"}))
-        for m in moved
-    ])
+    # Alerts that clear while a runbook is at work on the incident: the fix did it.
+    fixing = await runbook_store.running_fixes(conn, [m.id for m in moved])
+    await store.add_timeline(conn, [(m.id, _cleared(fixing.get(m.id), now)) for m in moved])
     return [Transition(m, _was(m), How.AUTOMATIC) for m in moved]
+
+
+def _cleared(runbook: str | None, now: datetime) -> TimelineEntry:
+    if runbook is None:
+        return TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.RESOLVED,
+                             detail={"reason": "all alerts resolved"})
+    return TimelineEntry(at=now, actor=f"runbook:{runbook}", kind=TimelineKind.RESOLVED,
+                         detail={"reason": f"resolved by automation: {runbook}"})
 
 
 def _was(state: IncidentState) -> IncidentStatus:

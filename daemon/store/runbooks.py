@@ -342,3 +342,15 @@ async def still_firing(conn: AsyncConnection, *, incident_id: int | None,
             incident_alerts.c.incident_id == incident_id)
         query = query.where(alerts.c.id.in_(members))
     return int(await conn.scalar(query) or 0)
+
+
+async def running_fixes(conn: AsyncConnection, incident_ids: Sequence[int]) -> dict[int, str]:
+    """Incident → the runbook of a real (not dry) run in progress on it."""
+    if not incident_ids:
+        return {}
+    result = await conn.execute(
+        sa.select(runbook_runs.c.incident_id, runbook_runs.c.runbook)
+        .where(runbook_runs.c.incident_id.in_(list(incident_ids)),
+               runbook_runs.c.status == "running", runbook_runs.c.dry_run.is_(False))
+        .order_by(runbook_runs.c.id))
+    return {r.incident_id: r.runbook for r in result}

@@ -1,0 +1,129 @@
+"""A runbook on the daemon as a process: an alert triggers it, it calls a real HTTP
+agent, runs a real command without a shell (a hostile label stays one argument),
+checks the port with the shipped python action, waits for the alert to clear, and
+the incident is resolved by automation."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from .harness import (
+    DaemonProcess,
+    IncidentdClient,
+    alertmanager_group,
+    example_config,
+    poll,
+)
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE = "nginx; rm -rf / #"
+
+
+class Agent:
+    """A host agent that restarts units on request (here: it records the request)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.port = 0
+
+    async def restart(self, request: web.Request) -> web.Response:
+        self.requests.append((request.match_info["unit"], await request.json()))
+        return web.json_response({"restarted": True})
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    agent = Agent()
+    app = web.Application()
+    app.router.add_post("/units/{unit}/restart", agent.restart)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    agent.port = runner.addresses[0][1]
+    yield agent
+    await runner.cleanup()
+
+
+def catalog(agent: Agent, marker: Path) -> dict[str, Any]:
+    record = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+    return {"runbooks": [{
+        "name": "restart-unit",
+        "description": "Restart the unit through the host agent, then wait for recovery",
+        "match": {"alerts": ['alertname="RunbookE2E"']},
+        "params": {"unit": "{{ alert.labels.unit }}"},
+        "steps": [
+            {"name": "restart", "type": "http", "method": "POST",
+             # urlencode leaves "/" alone; in a path segment it must be escaped too
+             "url": f"http://127.0.0.1:{agent.port}/units/"
+                    "{{ params.unit | urlencode | replace('/', '%2F') }}/restart",
+             "body": {"incident": "{{ incident.key }}"}},
+            {"name": "record", "type": "command",
+             "argv": [sys.executable, "-c", record, str(marker), "{{ params.unit }}"]},
+            {"name": "agent-up", "type": "python", "action": "tcp_check",
+             "args": {"host": "127.0.0.1", "port": str(agent.port)}},
+            {"name": "recovered", "type": "wait_for_resolution", "timeout_seconds": 60},
+        ],
+    }]}
+
+
+async def test_an_alert_runs_its_runbook_and_automation_resolves_the_incident(
+    tmp_path: Path, agent: Agent,
+    daemon_factory: Callable[..., DaemonProcess],
+    make_client: Callable[[DaemonProcess], IncidentdClient],
+) -> None:
+    marker = tmp_path / "argv.json"
+    runbooks = tmp_path / "runbooks.yaml"
+    runbooks.write_text(yaml.safe_dump(catalog(agent, marker)))
+    config = example_config()
+    config["runbooks"] = {"files": [str(runbooks)], "poll_interval_seconds": 0.1}
+    daemon = await daemon_factory(config=config).start()
+    client = make_client(daemon)
+
+    fingerprint = uuid.uuid4().hex[:16]
+    firing = alertmanager_group(group="RunbookE2E", fingerprints=[fingerprint])
+    firing["alerts"][0]["labels"]["unit"] = HOSTILE
+    status, text = await client.post_alertmanager(firing)
+    assert status == 200, text
+    [incident] = await client.all_incidents()
+
+    run = await poll(
+        "the run to reach its wait step", lambda: _runs(client),
+        lambda runs: runs[0] if runs and len(runs[0]["steps"]) >= 3 else None,
+        within=30, diagnostics=daemon.describe)
+    assert [s["status"] for s in run["steps"][:3]] == ["succeeded"] * 3, run
+    assert agent.requests == [(HOSTILE, {"incident": incident["key"]})]
+    assert json.loads(marker.read_text()) == [HOSTILE]  # one literal argument, no shell
+
+    resolved = alertmanager_group(group="RunbookE2E", fingerprints=[fingerprint],
+                                  status="resolved")
+    status, text = await client.post_alertmanager(resolved)
+    assert status == 200, text
+    run = await poll("the run to succeed", lambda: _runs(client),
+                     lambda runs: runs[0] if runs[0]["status"] == "succeeded" else None,
+                     within=30, diagnostics=daemon.describe)
+    assert run["dry_run"] is False
+    done = await client.incident(incident["id"])
+    [resolution] = [e for e in done["timeline"] if e["kind"] == "resolved"]
+    assert resolution["actor"] == "runbook:restart-unit", resolution
+    assert resolution["detail"]["reason"] == "resolved by automation: restart-unit"
+    kinds = [e["kind"] for e in done["timeline"]]
+    assert "runbook_started" in kinds and "runbook_succeeded" in kinds
+
+
+async def _runs(client: IncidentdClient) -> list[dict[str, Any]]:
+    async with client.session.get(f"{client.base}/api/v1/runbook-runs",
+                                  headers=client.admin_headers()) as resp:
+        assert resp.status == 200, await resp.text()
+        items: list[dict[str, Any]] = (await resp.json())["items"]
+        return items
