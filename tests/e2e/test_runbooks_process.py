@@ -6,6 +6,7 @@ the incident is resolved by automation."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -127,3 +128,42 @@ async def _runs(client: IncidentdClient) -> list[dict[str, Any]]:
         assert resp.status == 200, await resp.text()
         items: list[dict[str, Any]] = (await resp.json())["items"]
         return items
+
+
+async def test_sighup_reloads_the_runbook_catalog_and_keeps_it_when_broken(
+    tmp_path: Path, agent: Agent,
+    daemon_factory: Callable[..., DaemonProcess],
+    make_client: Callable[[DaemonProcess], IncidentdClient],
+) -> None:
+    runbooks = tmp_path / "runbooks.yaml"
+    first = catalog(agent, tmp_path / "argv.json")
+    runbooks.write_text(yaml.safe_dump(first))
+    config = example_config()
+    config["runbooks"] = {"files": [str(runbooks)]}
+    daemon = await daemon_factory(config=config).start()
+    client = make_client(daemon)
+
+    async def names() -> list[str]:
+        async with client.session.get(f"{client.base}/api/v1/runbooks",
+                                      headers=client.admin_headers()) as resp:
+            return [r["name"] for r in (await resp.json())["items"]]
+
+    assert await names() == ["restart-unit"]
+    second = dict(first["runbooks"][0], name="restart-unit-too")
+    runbooks.write_text(yaml.safe_dump({"runbooks": [first["runbooks"][0], second]}))
+    daemon.send_signal(signal.SIGHUP)
+    await poll("the second runbook after SIGHUP", names,
+               lambda n: n == ["restart-unit", "restart-unit-too"], within=10,
+               diagnostics=daemon.describe)
+
+    broken = dict(second, name="broken", steps=[{"name": "x", "type": "shell"}])
+    runbooks.write_text(yaml.safe_dump({"runbooks": [broken]}))
+    daemon.send_signal(signal.SIGHUP)
+    await poll("the refusal in the log", lambda: _async(daemon.tail(200)),
+               lambda text: "runbook files invalid" in text and "unknown step type" in text,
+               within=10, diagnostics=daemon.describe)
+    assert await names() == ["restart-unit", "restart-unit-too"]
+
+
+async def _async(value: Any) -> Any:
+    return value
