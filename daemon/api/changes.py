@@ -7,10 +7,10 @@ it is suspected of.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.api import params
 from daemon.api.pages import page
@@ -21,8 +21,7 @@ from daemon.errors import NotFound
 from daemon.itsm import changes as itsm_changes
 from daemon.itsm.changes import EDITABLE, ChangeEdit, ChangeState, ChangeType, Outcome
 from daemon.models import ChangeRecord, Link, incident_key
-from daemon.receivers.endpoint import read_body
-from daemon.receivers.validation import JsonValue, Timestamp, invalid_input, reject_nul
+from daemon.receivers.validation import JsonValue, Timestamp
 from daemon.store import Store
 from daemon.store import alerts as alert_store
 from daemon.store import changes as change_store
@@ -119,7 +118,7 @@ class ChangeRoutes:
                               "next_cursor": next_cursor})
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await _body(request, NewChangeBody)
+        body = await params.json_body(request, NewChangeBody, limit=_BODY_LIMIT)
         now = self._clock.now()
         record = ChangeRecord(
             integration=_INTEGRATION, summary=body.summary, source=body.source,
@@ -141,7 +140,7 @@ class ChangeRoutes:
 
     async def patch(self, request: web.Request) -> web.Response:
         change_id = _change_id(request)
-        body = await _body(request, EditBody)
+        body = await params.json_body(request, EditBody, limit=_BODY_LIMIT)
         given = body.model_fields_set & EDITABLE
         if "cis" in given and body.cis is None:
             raise params.bad("cis", "must be a list (use [] for none)")
@@ -193,13 +192,4 @@ def _states(raw: str | None) -> list[str] | None:
     return raw.split(",")
 
 
-_B = TypeVar("_B", bound=BaseModel)
 
-
-async def _body(request: web.Request, model: type[_B]) -> _B:
-    raw = await read_body(request, _BODY_LIMIT)
-    reject_nul(raw)
-    try:
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        raise invalid_input(exc, "request body") from None

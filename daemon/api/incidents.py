@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.api import params
 from daemon.api.pages import page
@@ -17,14 +17,12 @@ from daemon.errors import NotFound
 from daemon.itsm.actions import Actions
 from daemon.itsm.followup import FollowUp
 from daemon.models import OPEN_STATUSES, AlertStatus, IncidentStatus, Priority, incident_key
-from daemon.receivers.endpoint import read_body
-from daemon.receivers.validation import invalid_input
 from daemon.store import Store
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as incident_store
 from daemon.store.incidents import alert_view
 
-_ACTION_BODY_LIMIT = 64 * 1024
+_BODY_LIMIT = 64 * 1024
 
 
 class ActionBody(BaseModel):
@@ -95,7 +93,7 @@ class IncidentRoutes:
     def _action(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             incident_id = params.incident_id(request.match_info["id"])
-            body = await _body(request, ActionBody)
+            body = await params.json_body(request, ActionBody, limit=_BODY_LIMIT, required=False)
             t = await self._actions.move(incident_id, action, actor=body.actor, note=body.note)
             extra = ({"already_acknowledged": {"by": t.already.actor,
                                                "at": timestamp(t.already.at)}}
@@ -106,14 +104,14 @@ class IncidentRoutes:
 
     async def escalate(self, request: web.Request) -> web.Response:
         incident_id = params.incident_id(request.match_info["id"])
-        body = await _body(request, EscalateBody)
+        body = await params.json_body(request, EscalateBody, limit=_BODY_LIMIT, required=False)
         await self._actions.escalate(incident_id, actor=body.actor, note=body.note,
                                      level=body.level)
         return await self._detail(incident_id)
 
     async def patch(self, request: web.Request) -> web.Response:
         incident_id = params.incident_id(request.match_info["id"])
-        body = await _body(request, PatchBody, required=True)
+        body = await params.json_body(request, PatchBody, limit=_BODY_LIMIT)
         await self._actions.set_priority(
             incident_id, priority=Priority(body.priority) if body.priority else None,
             impact=body.impact, urgency=body.urgency, reason=body.reason, actor=body.actor)
@@ -168,14 +166,4 @@ def _statuses(raw: str | None) -> list[IncidentStatus] | None:
     return out
 
 
-_B = TypeVar("_B", bound=BaseModel)
 
-
-async def _body(request: web.Request, model: type[_B], *, required: bool = False) -> _B:
-    raw = await read_body(request, _ACTION_BODY_LIMIT)
-    try:
-        if not raw.strip() and not required:
-            return model()
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        raise invalid_input(exc, "request body") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -17,8 +16,6 @@ from daemon.models import incident_key
 from daemon.store import Store
 from daemon.store import notifications as store
 from daemon.store.notifications import Notification, State
-
-_INCIDENT = re.compile(r"^(?:INC-)?(\d+)$", re.IGNORECASE)
 
 
 def notification_json(n: Notification, *, payload: bool = False) -> dict[str, Any]:
@@ -62,7 +59,8 @@ class NotificationRoutes:
         limit = params.limit(q.get("limit"))
         async with self._store.read() as conn:
             rows = await store.list_notifications(
-                conn, state=_state(q.get("state")), incident_id=_incident(q.get("incident")),
+                conn, state=_state(q.get("state")),
+                incident_id=params.incident_filter(q.get("incident")),
                 target=q.get("target") or None, limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")))
         shown, next_cursor = page(rows, limit)
@@ -107,11 +105,3 @@ def _state(raw: str | None) -> State | None:
     except ValueError:
         raise params.bad("state", "must be pending, delivered or dead") from None
 
-
-def _incident(raw: str | None) -> int | None:
-    if raw is None or raw == "":
-        return None
-    match = _INCIDENT.match(raw)
-    if match is None:
-        raise params.bad("incident", "must be an incident id or key (INC-000123)")
-    return int(match.group(1))

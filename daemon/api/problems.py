@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon import metrics
@@ -23,8 +23,6 @@ from daemon.itsm.problems import (
     problem_key,
 )
 from daemon.models import incident_key
-from daemon.receivers.endpoint import read_body
-from daemon.receivers.validation import invalid_input
 from daemon.store import Store
 from daemon.store import problems as problem_store
 from daemon.store.problems import Problem
@@ -94,7 +92,7 @@ class ProblemRoutes:
         return json_response(body)
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await _body(request, NewProblemBody)
+        body = await params.json_body(request, NewProblemBody, limit=_BODY_LIMIT)
         new = NewManualProblem(
             title=body.title, description=body.description, root_cause_ci=body.root_cause_ci,
             alert_name=body.alert_name, workaround=body.workaround, known_error=body.known_error,
@@ -108,7 +106,7 @@ class ProblemRoutes:
 
     async def patch(self, request: web.Request) -> web.Response:
         problem_id = problem_id_of(request.match_info["id"])
-        body = await _body(request, PatchProblemBody)
+        body = await params.json_body(request, PatchProblemBody, limit=_BODY_LIMIT)
         given = body.model_fields_set
         if body.title is None and "title" in given:
             raise params.bad("title", "cannot be null")
@@ -189,13 +187,5 @@ def _statuses(raw: str | None) -> list[str] | None:
     return parts
 
 
-_B = TypeVar("_B", bound=BaseModel)
 
-
-async def _body(request: web.Request, model: type[_B]) -> _B:
-    raw = await read_body(request, _BODY_LIMIT)
-    try:
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        raise invalid_input(exc, "request body") from None
 

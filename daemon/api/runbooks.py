@@ -17,20 +17,18 @@ of it (`daemon.api.auth`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
 from daemon.clock import Clock, timestamp
 from daemon.errors import NotFound
-from daemon.itsm.inbound_webhook import IncidentRef, incident_ref
-from daemon.receivers.endpoint import read_body
-from daemon.receivers.validation import invalid_input, reject_nul
+from daemon.itsm.inbound_webhook import IncidentRef
 from daemon.runbooks.catalog import CatalogHolder, Runbook
 from daemon.runbooks.triggers import Triggers
 from daemon.store import Store
@@ -108,12 +106,12 @@ class RunbookRoutes:
         })
 
     async def disable_all(self, request: web.Request) -> web.Response:
-        body = await _body(request, KillSwitchBody)
+        body = await params.json_body(request, KillSwitchBody, limit=_BODY_LIMIT, required=False)
         reason = f"{body.actor}: {body.reason}" if body.reason else f"by {body.actor}"
         return await self._switch(disabled=True, reason=reason, actor=body.actor)
 
     async def enable_all(self, request: web.Request) -> web.Response:
-        body = await _body(request, KillSwitchBody)
+        body = await params.json_body(request, KillSwitchBody, limit=_BODY_LIMIT, required=False)
         return await self._switch(disabled=False, reason=None, actor=body.actor)
 
     async def _switch(self, *, disabled: bool, reason: str | None, actor: str
@@ -133,7 +131,7 @@ class RunbookRoutes:
 
     async def enable(self, request: web.Request) -> web.Response:
         runbook = self._runbook(request)
-        body = await _body(request, ActorBody)
+        body = await params.json_body(request, ActorBody, limit=_BODY_LIMIT, required=False)
         async with self._store.write() as conn:
             await run_store.set_disabled(conn, runbook.name, disabled=False, reason=None,
                                          now=self._clock.now())
@@ -144,7 +142,7 @@ class RunbookRoutes:
 
     async def run(self, request: web.Request) -> web.Response:
         runbook = self._runbook(request)
-        body = await _body(request, RunBody, required=True)
+        body = await params.json_body(request, RunBody, limit=_BODY_LIMIT)
         now = self._clock.now()
         async with self._store.write() as conn:
             run_id = await self._triggers.run_manually(conn, runbook.name, body.incident,
@@ -189,7 +187,8 @@ class RunbookRoutes:
         limit = params.limit(q.get("limit"))
         async with self._store.read() as conn:
             rows = await run_store.list_runs(
-                conn, status=_statuses(q.get("status")), incident_id=_incident(q.get("incident")),
+                conn, status=_statuses(q.get("status")),
+                incident_id=params.incident_filter(q.get("incident")),
                 runbook=q.get("runbook") or None, limit=limit + 1,
                 before_id=params.cursor(q.get("cursor")))
         items, next_cursor = page(rows, limit)
@@ -207,7 +206,7 @@ class RunbookRoutes:
 
     async def approve(self, request: web.Request) -> web.Response:
         run_id = _run_id(request)
-        body = await _body(request, ActorBody)
+        body = await params.json_body(request, ActorBody, limit=_BODY_LIMIT, required=False)
         async with self._store.write() as conn:
             run = await self._triggers.approve(conn, run_id, actor=body.actor,
                                                now=self._clock.now())
@@ -216,7 +215,7 @@ class RunbookRoutes:
 
     async def deny(self, request: web.Request) -> web.Response:
         run_id = _run_id(request)
-        body = await _body(request, ActorBody)
+        body = await params.json_body(request, ActorBody, limit=_BODY_LIMIT, required=False)
         async with self._store.write() as conn:
             run = await self._triggers.deny(conn, run_id, actor=body.actor,
                                             now=self._clock.now())
@@ -247,27 +246,8 @@ def _statuses(raw: str | None) -> list[str] | None:
     return wanted
 
 
-def _incident(raw: str | None) -> int | None:
-    if not raw:
-        return None
-    try:
-        return incident_ref(raw)
-    except ValueError as exc:
-        raise params.bad("incident", str(exc)) from None
 
 
-_B = TypeVar("_B", bound=BaseModel)
-
-
-async def _body(request: web.Request, model: type[_B], *, required: bool = False) -> _B:
-    raw = await read_body(request, _BODY_LIMIT)
-    reject_nul(raw)
-    try:
-        if not raw.strip() and not required:
-            return model()
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        raise invalid_input(exc, "request body") from None
 
 
 # -- the OpenAPI document ------------------------------------------------------------
