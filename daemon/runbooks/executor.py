@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -56,6 +57,10 @@ from daemon.store.runbooks import RunView
 
 log = structlog.get_logger(__name__)
 
+# A running process marks its runs this often; a run unmarked for SILENT_SECONDS
+# belongs to a process that died.
+HEARTBEAT_SECONDS = 10.0
+SILENT_SECONDS = 35.0
 # How long `stop` lets runs in flight finish before interrupting them.
 STOP_GRACE_SECONDS = 10.0
 # Extra queued runs looked at per claim, past those behind a CI lock.
@@ -88,6 +93,8 @@ class Executor:
                  followup: FollowUp | None = None) -> None:
         self._store = store
         self._clock = clock
+        self._owner = uuid.uuid4().hex
+        self._last_beat: datetime | None = None
         self._catalog = catalog
         self._config = config
         self._actions = actions
@@ -134,6 +141,7 @@ class Executor:
         while not self._stopping:
             self._woken.clear()
             try:
+                await self._heartbeat()
                 await self._start_claimed()
             except Exception as err:  # the store is down, say: the next pass tries again
                 log.warning("runbook claim failed; retrying", reason=type(err).__name__)
@@ -195,13 +203,14 @@ class Executor:
                      incident=_key(run), dry_run=run.dry_run)
         return claimed
 
-    @staticmethod
-    async def _lock(conn: AsyncConnection, run: RunView, now: datetime) -> RunView | None:
+    async def _lock(self, conn: AsyncConnection, run: RunView, now: datetime
+                    ) -> RunView | None:
         """Set the run running, unless another run holds its CI (then None: it waits)."""
         try:
             async with conn.begin_nested():
                 moved = await store.move(conn, [run.id], allowed_from=[store.QUEUED],
-                                         to=store.RUNNING, now=now, started_at=now)
+                                         to=store.RUNNING, now=now, started_at=now,
+                                         owner=self._owner, heartbeat_at=now)
         except sa_exc.IntegrityError:
             return None
         return moved[0] if moved else None
@@ -412,15 +421,29 @@ class Executor:
     # -- interruption ----------------------------------------------------------------
 
     async def interrupt_running(self) -> int:
-        """At start: runs a dead process left `running` → `interrupted`; never re-run.
+        """Runs whose process fell silent → `interrupted`; never re-run.
 
-        Call before `start` (and, with several replicas, only where no other replica
-        is running runs: the store does not say which process owns a run).
+        Each running process writes a heartbeat on its runs every HEARTBEAT_SECONDS;
+        a run without one for SILENT_SECONDS belongs to a process that died (kill -9,
+        a lost replica). Called at start and then from the loop, so on any replica.
         """
+        now = self._clock.now()
         async with self._store.read() as conn:
-            found = await store.list_runs(conn, status=[store.RUNNING], incident_id=None,
-                                          runbook=None, limit=10_000, before_id=None)
+            found = await store.stale_running(
+                conn, silent_since=now - timedelta(seconds=SILENT_SECONDS), owner=self._owner)
         return await self._interrupt([(r, r.steps) for r in found])
+
+    async def _heartbeat(self) -> None:
+        """Say this process still runs its runs; find runs whose process died."""
+        now = self._clock.now()
+        if self._last_beat is not None and now - self._last_beat < timedelta(
+                seconds=HEARTBEAT_SECONDS):
+            return
+        self._last_beat = now
+        if self._tasks:
+            async with self._store.write() as conn:
+                await store.heartbeat(conn, owner=self._owner, now=now)
+        await self.interrupt_running()
 
     async def _interrupt(self, runs: list[tuple[RunView, list[dict[str, Any]]]]) -> int:
         if not runs:

@@ -354,3 +354,24 @@ async def running_fixes(conn: AsyncConnection, incident_ids: Sequence[int]) -> d
                runbook_runs.c.status == "running", runbook_runs.c.dry_run.is_(False))
         .order_by(runbook_runs.c.id))
     return {r.incident_id: r.runbook for r in result}
+
+
+async def stale_running(conn: AsyncConnection, *, silent_since: datetime, owner: str
+                        ) -> list[RunView]:
+    """Runs `running` in another process that has not sent a heartbeat since then
+    (or never did: runs from before heartbeats)."""
+    heartbeat = runbook_runs.c.heartbeat_at
+    result = await conn.execute(
+        sa.select(runbook_runs)
+        .where(runbook_runs.c.status == RUNNING,
+               sa.or_(runbook_runs.c.owner.is_(None), runbook_runs.c.owner != owner),
+               sa.or_(heartbeat.is_(None), heartbeat < silent_since))
+        .order_by(runbook_runs.c.id))
+    return [_view(r) for r in result]
+
+
+async def heartbeat(conn: AsyncConnection, *, owner: str, now: datetime) -> None:
+    await conn.execute(
+        sa.update(runbook_runs)
+        .where(runbook_runs.c.owner == owner, runbook_runs.c.status == RUNNING)
+        .values(heartbeat_at=now))

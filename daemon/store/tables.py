@@ -358,6 +358,10 @@ runbook_runs = sa.Table(
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("approval_expires_at", UTCDateTime(), nullable=True),
+    # The process running it, and when that process last said it still does: a
+    # run whose owner fell silent is interrupted, on whichever replica notices.
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=True),
     sa.Index("ix_runbook_runs_status_id", "status", "id"),
     sa.Index("ix_runbook_runs_runbook_ci_id_created_at", "runbook", "ci_id", "created_at"),
     sa.Index("ix_runbook_runs_incident_id", "incident_id"),

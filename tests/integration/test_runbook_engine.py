@@ -720,6 +720,31 @@ async def test_restart_during_a_run_interrupts_it(store: Store, clock: FakeClock
     assert await restarted.interrupt_running() == 0
 
 
+async def test_a_run_another_live_process_runs_is_left_alone_until_it_falls_silent(
+        store: Store, clock: FakeClock, tmp_path: Path) -> None:
+    lab = Lab(store, clock, tmp_path, """
+        runbooks:
+          - name: long
+            match: {alerts: ['alertname="DbDown"']}
+            steps: [{name: one, type: notify, message: "1"}]
+    """)
+    [run_id] = await lab.send(alert("DbDown", "db-1"))
+    async with store.write() as conn:  # a replica claimed it and keeps its heartbeat
+        await run_store.move(conn, [run_id], allowed_from=["queued"], to="running",
+                             now=clock.now(), started_at=clock.now(), owner="replica-b",
+                             heartbeat_at=clock.now())
+    other = lab.new_executor()
+    clock.advance(30)
+    assert await other.interrupt_running() == 0
+    async with store.write() as conn:
+        await run_store.heartbeat(conn, owner="replica-b", now=clock.now())
+    clock.advance(30)
+    assert await other.interrupt_running() == 0  # heard from 30 s ago: alive
+    clock.advance(10)  # silent for 40 s: its process is gone
+    assert await other.interrupt_running() == 1
+    assert (await lab.run(run_id)).status == "interrupted"
+
+
 async def test_stop_interrupts_a_run_in_flight(store: Store, clock: FakeClock, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("daemon.runbooks.executor.STOP_GRACE_SECONDS", 0.2)
