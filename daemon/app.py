@@ -52,8 +52,7 @@ from daemon.runbooks.executor import Executor
 from daemon.runbooks.triggers import Triggers
 from daemon.scheduler import Jobs, start_scheduler
 from daemon.secrets import resolve, resolve_or_generate
-from daemon.store import Store, migrate
-from daemon.store import incidents as incident_store
+from daemon.store import Store, gauges, migrate
 
 log = structlog.get_logger("incidentd")
 
@@ -73,6 +72,7 @@ class Components:
     oncall: OnCallRoutes
     catalog: CatalogHolder
     executor: Executor
+    actions: Actions
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -164,7 +164,7 @@ async def open_store(config: Config) -> Store:
     if config.database.auto_migrate:
         await migrate.upgrade(store)
     async with store.read() as conn:
-        metrics.set_open_incidents(await incident_store.count_open_by_severity(conn))
+        metrics.OPEN_INCIDENTS.replace(await gauges.open_incidents(conn))
     return store
 
 
@@ -236,7 +236,8 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
                                  dry_run_all=config.runbooks.dry_run).routes())
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
                       cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup,
-                      sender=sender, oncall=oncall, catalog=catalog, executor=executor)
+                      sender=sender, oncall=oncall, catalog=catalog, executor=executor,
+                      actions=actions)
 
 
 async def stop(components: Components) -> None:

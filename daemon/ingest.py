@@ -10,6 +10,8 @@ a request is never answered before its alerts are committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ from daemon import metrics
 from daemon.clock import Clock
 from daemon.correlation import dedup
 from daemon.correlation.binding import Binder
-from daemon.correlation.engine import Correlator, Placed
+from daemon.correlation.engine import CorrelationPlan, Correlator, Placed
 from daemon.correlation.flapping import FlapDetector
 from daemon.correlation.topology import TopologyHolder
 from daemon.errors import Overloaded
@@ -31,24 +33,38 @@ from daemon.itsm import impact, incidents
 from daemon.itsm.followup import Effects, FollowUp
 from daemon.itsm.impact import SeverityRaised
 from daemon.itsm.incidents import Transition
-from daemon.itsm.maintenance import Maintenance
+from daemon.itsm.maintenance import Maintenance, Suppressed
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 from daemon.store import alerts as alert_store
+from daemon.store import incidents as incident_store
+from daemon.store.incidents import IncidentState
 
 log = structlog.get_logger("incidentd.ingest")
+
+
+class Outcome(enum.StrEnum):
+    """What became of a firing alert (the `outcome` of `incidentd_alerts_processed_total`)."""
+
+    NEW = "new"  # it opened an incident
+    CORRELATED = "correlated"  # it joined an open incident, reopened one, or came back flapping
+    DUPLICATE = "duplicate"  # it repeated an alert already firing
+    SUPPRESSED = "suppressed"  # a maintenance window held it back
 
 
 @dataclass(slots=True)
 class BatchResult:
     transitions: list[Transition] = field(default_factory=list)
     received: Counter[tuple[str, str]] = field(default_factory=Counter)
-    repeated: Counter[str] = field(default_factory=Counter)
+    processed: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
     raised: list[SeverityRaised] = field(default_factory=list)
     suppressed: int = 0  # new alerts a maintenance window kept from paging
     touched: set[int] = field(default_factory=set)
     effects: Effects = field(default_factory=Effects)
+    # Every incident the batch changed, as it stands at the end of the batch (after
+    # impact and priority were worked out again).
+    final: dict[int, IncidentState] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -78,7 +94,7 @@ class Pipeline:
         )
         for group in dedup.rounds(self._binder.bind(batch)):
             outcome = await dedup.apply(conn, group, now)
-            result.repeated.update(a.source for a in outcome.repeated)
+            result.processed.update((a.source, Outcome.DUPLICATE) for a in outcome.repeated)
             await self._place(conn, outcome.new, now, result)
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
             result.transitions += await incidents.acknowledge_from_sources(
@@ -88,11 +104,14 @@ class Pipeline:
         return result
 
     async def release_maintenance(self, conn: AsyncConnection) -> BatchResult:
-        """Alerts still firing when their maintenance window ended get incidents now."""
+        """Alerts still firing when their maintenance window ended get incidents now.
+
+        They were counted (as suppressed) when they arrived: not again here."""
         now = self._clock.now()
         result = BatchResult()
         released = await self._maintenance.release(conn, now)
         await self._place(conn, released, now, result)
+        result.processed.clear()
         await self._follow_up(conn, result, now)
         return result
 
@@ -100,6 +119,15 @@ class Pipeline:
                          ) -> None:
         changed = result.touched | {t.incident.id for t in result.transitions}
         result.effects = await self._followup.after(conn, changed, now)
+        # One read of where the changed incidents ended up: an incident opened in this
+        # batch is counted under the priority correlation gave it, not the none it was
+        # inserted with.
+        result.final = await incident_store.get_states(conn, changed)
+        result.transitions = [
+            dataclasses.replace(t, incident=result.final.get(t.incident.id, t.incident))
+            if t.previous is None else t
+            for t in result.transitions
+        ]
 
     async def _place(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime,
                      result: BatchResult) -> None:
@@ -116,6 +144,7 @@ class Pipeline:
         reopened, back, steady = await incidents.reopen_for_alerts(
             conn, steady, now, window_seconds=self._reopen_window, earlier=earlier)
         plan = await self._correlator.correlate(conn, steady, now)
+        _count_outcomes(result, new, suppressed, plan)
         opened = await incidents.open_incidents(conn, plan.opens, now)
         await incidents.attach_alerts(conn, plan.joins, now)
         await incidents.attach_alerts(conn, back, now)
@@ -128,6 +157,19 @@ class Pipeline:
                                               priorities=self._priorities)
         result.transitions += reopened + opened + merged
         result.touched |= touched
+
+
+def _count_outcomes(result: BatchResult, new: Sequence[Placed], suppressed: Sequence[Suppressed],
+                    plan: CorrelationPlan) -> None:
+    """Each new alert once: held by maintenance, opening an incident, or else correlated
+    (joined an open one, reopened a resolved one, flapping back into its own)."""
+    held = {s.alert_id for s in suppressed}
+    opening = {alert_id for group in plan.opens for _, alert_id in group.alerts}
+    result.processed.update(
+        (alert.source, Outcome.SUPPRESSED if alert_id in held
+         else Outcome.NEW if alert_id in opening else Outcome.CORRELATED)
+        for alert, alert_id in new
+    )
 
 
 @dataclass(slots=True)
@@ -263,15 +305,14 @@ def record(result: BatchResult) -> None:
     """Metrics and log lines of a committed batch."""
     for (source, status), n in result.received.items():
         metrics.ALERTS_RECEIVED.labels(source, status).inc(n)
-    for source, n in result.repeated.items():
-        metrics.ALERTS_DEDUPLICATED.labels(source).inc(n)
+    for (source, outcome), n in result.processed.items():
+        metrics.ALERTS_PROCESSED.labels(source, outcome.value).inc(n)
     incidents.record_metrics(result.transitions)
+    for state in result.final.values():  # last: where the batch left each incident
+        metrics.OPEN_INCIDENTS.observe(state.id, state.priority, state.status.value)
     result.effects.record_metrics()
     if result.suppressed:
         metrics.ALERTS_SUPPRESSED.inc(result.suppressed)
-    for change in result.raised:
-        metrics.INCIDENTS_OPEN.labels(change.before.value).dec()
-        metrics.INCIDENTS_OPEN.labels(change.after.value).inc()
     for t in result.transitions:
         log.info(
             "incident opened" if t.previous is None else f"incident {t.incident.status.value}",

@@ -189,6 +189,16 @@ class TimelineKind(enum.StrEnum):
 
 
 SYSTEM_ACTOR = "incidentd"
+# Actors the daemon itself writes; a person or a tool may not claim them (they
+# decide, e.g., whether a resolution counts as automation).
+RESERVED_ACTOR_PREFIXES = ("runbook:",)
+
+
+def person_actor(value: str) -> str:
+    """Validate an actor given from outside (API body, bot request)."""
+    if value == SYSTEM_ACTOR or value.startswith(RESERVED_ACTOR_PREFIXES):
+        raise ValueError(f"actor {value!r} is reserved for incidentd itself")
+    return value
 
 
 def incident_key(incident_id: int) -> str:

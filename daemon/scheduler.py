@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from daemon import metrics
 from daemon.clock import Clock
 from daemon.config import Config
 from daemon.ingest import BatchResult, Pipeline, record
@@ -22,9 +23,11 @@ from daemon.itsm import incidents
 from daemon.itsm.followup import FollowUp
 from daemon.models import incident_key
 from daemon.runbooks.triggers import Triggers
-from daemon.store import Store, StoreUnavailable
+from daemon.store import Store, StoreUnavailable, gauges
 
 log = structlog.get_logger("incidentd.scheduler")
+
+GAUGE_REFRESH_SECONDS = 15.0
 
 
 class Jobs:
@@ -59,6 +62,9 @@ class Jobs:
 
     async def expire_approvals(self) -> int:
         return await self._guarded("expiring runbook approvals", self._expire)
+
+    async def refresh_gauges(self) -> int:
+        return await self._guarded("refreshing gauges", self._refresh_gauges)
 
     async def _guarded(self, what: str, job: Callable[[], Awaitable[int]]) -> int:
         if self._closing:
@@ -112,6 +118,18 @@ class Jobs:
         async with self._store.write() as conn:
             return await self._triggers.expire(conn, now)
 
+    async def _refresh_gauges(self) -> int:
+        """Backlogs and open incidents from the store, the authority: it sees what other
+        replicas and a person's priority changes did, which this process's counts miss."""
+        metrics.OPEN_INCIDENTS.mark()
+        async with self._store.read() as conn:
+            backlog = await gauges.backlog(conn)
+            open_incidents = await gauges.open_incidents(conn)
+        metrics.RUNBOOK_PENDING_APPROVALS.set(backlog.pending_approvals)
+        metrics.OUTBOX_PENDING.set(backlog.outbox_pending)
+        metrics.OPEN_INCIDENTS.replace(open_incidents)
+        return len(open_incidents)
+
     async def _release(self) -> int:
         result: BatchResult
         async with self._store.write() as conn:
@@ -129,6 +147,7 @@ def start_scheduler(jobs: Jobs, config: Config) -> AsyncIOScheduler:
         "escalation": (jobs.escalate_unacknowledged, config.escalation.check_interval_seconds),
         "maintenance-windows": (jobs.release_maintenance, config.changes.check_interval_seconds),
         "runbook-approvals": (jobs.expire_approvals, 30.0),
+        "gauges": (jobs.refresh_gauges, GAUGE_REFRESH_SECONDS),
     }
     for job_id, (job, seconds) in every.items():
         # The first run comes at once, catching up on what fell due during downtime.

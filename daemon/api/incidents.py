@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from daemon.api import params
 from daemon.api.pages import page
@@ -16,7 +16,14 @@ from daemon.clock import Clock, timestamp
 from daemon.errors import NotFound
 from daemon.itsm.actions import Actions
 from daemon.itsm.followup import FollowUp
-from daemon.models import OPEN_STATUSES, AlertStatus, IncidentStatus, Priority, incident_key
+from daemon.models import (
+    OPEN_STATUSES,
+    AlertStatus,
+    IncidentStatus,
+    Priority,
+    incident_key,
+    person_actor,
+)
 from daemon.store import Store
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as incident_store
@@ -29,7 +36,8 @@ class ActionBody(BaseModel):
     """Optional body of acknowledge/resolve: who did it, and why."""
 
     model_config = ConfigDict(extra="forbid")
-    actor: str = Field(default="api", min_length=1, max_length=255)
+    actor: Annotated[str, AfterValidator(person_actor)] = Field(
+        default="api", min_length=1, max_length=255)
     note: str | None = Field(default=None, max_length=10_000)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +35,7 @@ from pydantic import (
 
 from daemon.clock import Clock
 from daemon.errors import Unauthorized
+from daemon.models import person_actor
 from daemon.receivers.auth import ReplayGuard
 from daemon.receivers.validation import invalid_input
 
@@ -64,7 +66,7 @@ class ActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     incident: IncidentRef
     action: Literal["acknowledge", "resolve"]
-    actor: str = Field(min_length=1, max_length=255)
+    actor: Annotated[str, AfterValidator(person_actor)] = Field(min_length=1, max_length=255)
     note: str | None = Field(default=None, max_length=10_000)
 
 

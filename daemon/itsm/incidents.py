@@ -38,10 +38,19 @@ from daemon.store.incidents import IncidentState, NewIncident
 
 
 class How(enum.StrEnum):
-    """Who caused a transition: a person, or the alerts themselves."""
+    """Who caused a transition: a person, the alerts themselves, or a runbook."""
 
     MANUAL = "manual"
     AUTOMATIC = "automatic"
+    AUTOMATION = "automation"
+
+
+RUNBOOK_ACTOR = "runbook:"  # timeline actors of runbooks: `runbook:<name>`
+
+
+def how_of(actor: str) -> How:
+    """A runbook moving an incident (`actor=runbook:<name>`) is automation, not a person."""
+    return How.AUTOMATION if actor.startswith(RUNBOOK_ACTOR) else How.MANUAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +173,15 @@ async def resolve_cleared(
     # Alerts that clear while a runbook is at work on the incident: the fix did it.
     fixing = await runbook_store.running_fixes(conn, [m.id for m in moved])
     await store.add_timeline(conn, [(m.id, _cleared(fixing.get(m.id), now)) for m in moved])
-    return [Transition(m, _was(m), How.AUTOMATIC) for m in moved]
+    return [Transition(m, _was(m), How.AUTOMATION if m.id in fixing else How.AUTOMATIC)
+            for m in moved]
 
 
 def _cleared(runbook: str | None, now: datetime) -> TimelineEntry:
     if runbook is None:
         return TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.RESOLVED,
                              detail={"reason": "all alerts resolved"})
-    return TimelineEntry(at=now, actor=f"runbook:{runbook}", kind=TimelineKind.RESOLVED,
+    return TimelineEntry(at=now, actor=f"{RUNBOOK_ACTOR}{runbook}", kind=TimelineKind.RESOLVED,
                          detail={"reason": f"resolved by automation: {runbook}"})
 
 
@@ -375,31 +385,32 @@ async def _manual(
     await store.add_timeline(
         conn, [(incident_id, TimelineEntry(at=now, actor=actor, kind=kind, detail=detail))]
     )
-    return Transition(moved[0], before.status, How.MANUAL)
+    return Transition(moved[0], before.status, how_of(actor))
 
 
 def record_metrics(transitions: Iterable[Transition]) -> None:
-    """Count committed incident transitions. Call only after the commit."""
+    """Count committed incident transitions. Call only after the commit.
+
+    Labels: `priority` (P1..P5, or none) and `service` (the primary impacted business
+    service, or none) as the incident has them in the transition's state.
+    """
     for t in transitions:
         inc = t.incident
-        sev = inc.severity.value
-        was_open = t.previous in _OPEN
+        metrics.OPEN_INCIDENTS.observe(inc.id, inc.priority, inc.status.value)
+        priority = metrics.priority_label(inc.priority)
+        service = inc.service or metrics.NO_SERVICE
         if t.previous is None:
-            metrics.INCIDENTS_OPENED.labels(sev).inc()
-            metrics.INCIDENTS_OPEN.labels(sev).inc()
+            metrics.INCIDENTS_OPENED.labels(priority).inc()
         elif inc.status is IncidentStatus.ACKNOWLEDGED and inc.acknowledged_at and (
                 t.previous is IncidentStatus.TRIGGERED):
             waited = _seconds(inc.created_at, inc.acknowledged_at)
-            metrics.TIME_TO_ACKNOWLEDGE.labels(sev).observe(waited)
-        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at and was_open:
-            metrics.INCIDENTS_OPEN.labels(sev).dec()
-            metrics.INCIDENTS_RESOLVED.labels(sev, t.how.value).inc()
-            metrics.TIME_TO_RESOLVE.labels(sev).observe(_seconds(inc.created_at, inc.resolved_at))
-        elif inc.status is IncidentStatus.CLOSED and was_open:  # merged into another
-            metrics.INCIDENTS_OPEN.labels(sev).dec()
+            metrics.TIME_TO_ACKNOWLEDGE.labels(service, priority).observe(waited)
+        elif inc.status is IncidentStatus.RESOLVED and inc.resolved_at and t.previous in _OPEN:
+            metrics.INCIDENTS_RESOLVED.labels(priority, t.how.value).inc()
+            metrics.TIME_TO_RESOLVE.labels(service, priority).observe(
+                _seconds(inc.created_at, inc.resolved_at))
         elif inc.status is IncidentStatus.TRIGGERED and t.previous is IncidentStatus.RESOLVED:
-            metrics.INCIDENTS_OPEN.labels(sev).inc()
-            metrics.INCIDENTS_REOPENED.labels(sev).inc()
+            metrics.INCIDENTS_REOPENED.labels(priority).inc()
 
 
 def _seconds(start: datetime, end: datetime) -> float:

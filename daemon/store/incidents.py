@@ -9,6 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 
 from daemon.models import (
     OPEN_STATUSES,
@@ -22,7 +25,7 @@ from daemon.models import (
     TimelineEntry,
     TimelineKind,
 )
-from daemon.store.tables import alerts, incident_alerts, incidents, timeline
+from daemon.store.tables import alerts, cis, incident_alerts, incidents, timeline
 
 _OPEN = [s.value for s in OPEN_STATUSES]
 
@@ -45,6 +48,37 @@ class IncidentState:
     created_at: datetime
     acknowledged_at: datetime | None
     resolved_at: datetime | None
+    priority: Priority | None = None
+    # The primary impacted business service: the most critical CI of `impacted_services`
+    # (ties by id) that the CMDB still holds; None when there is none.
+    service: str | None = None
+
+
+class _json_elements(GenericFunction[Any]):
+    """The elements of a JSON array column as text rows (`value`): SQLite's `json_each`."""
+
+    name = "json_each"
+    inherit_cache = True
+
+
+@compiles(_json_elements, "postgresql")
+def _json_elements_pg(element: _json_elements, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_array_elements_text({compiler.process(element.clauses, **kw)})"
+
+
+def _primary_service() -> sa.Label[Any]:
+    # Correlated to the incident row, so it works in RETURNING as in SELECT. SQLite
+    # writes RETURNING columns unqualified: every name here must be unambiguous.
+    elements = _json_elements(incidents.c.impacted_services).table_valued("value")
+    return (
+        sa.select(cis.c.id)
+        .where(cis.c.id.in_(sa.select(elements.c.value)))
+        .order_by(cis.c.criticality, cis.c.id)
+        .limit(1)
+        .correlate(incidents)
+        .scalar_subquery()
+        .label("primary_service")
+    )
 
 
 _STATE_COLUMNS = (
@@ -54,6 +88,8 @@ _STATE_COLUMNS = (
     incidents.c.created_at,
     incidents.c.acknowledged_at,
     incidents.c.resolved_at,
+    incidents.c.priority,
+    _primary_service(),
 )
 
 
@@ -65,6 +101,8 @@ def _state(row: Any) -> IncidentState:
         created_at=row.created_at,
         acknowledged_at=row.acknowledged_at,
         resolved_at=row.resolved_at,
+        priority=Priority(row.priority) if row.priority else None,
+        service=row.primary_service,
     )
 
 
@@ -179,13 +217,14 @@ async def get_state(conn: AsyncConnection, incident_id: int) -> IncidentState | 
     return _state(row) if row else None
 
 
-async def count_open_by_severity(conn: AsyncConnection) -> dict[Severity, int]:
-    result = await conn.execute(
-        sa.select(incidents.c.severity, sa.func.count())
-        .where(incidents.c.status.in_(_OPEN))
-        .group_by(incidents.c.severity)
-    )
-    return {Severity(sev): n for sev, n in result}
+async def get_states(conn: AsyncConnection, incident_ids: Iterable[int]
+                     ) -> dict[int, IncidentState]:
+    """The states of these incidents now, in one query."""
+    ids = sorted(set(incident_ids))
+    if not ids:
+        return {}
+    result = await conn.execute(sa.select(*_STATE_COLUMNS).where(incidents.c.id.in_(ids)))
+    return {r.id: _state(r) for r in result}
 
 
 async def list_incidents(

@@ -167,10 +167,8 @@ async def test_prometheus_alert_opens_incident_and_resolves_it(stack: Stack) -> 
     assert detail["status"] == "triggered" and "opened" in kinds(detail), detail
 
     metrics = await client.metrics_text()
-    assert metric_value(metrics, "incidentd_incidents_open", severity="critical") == 1, metrics
-    assert (
-        metric_value(metrics, "incidentd_incidents_opened_total", severity="critical") or 0
-    ) >= 1
+    assert metric_value(metrics, "incidentd_incidents_open", status="triggered") == 1, metrics
+    assert (metric_value(metrics, "incidentd_incidents_opened_total") or 0) >= 1
     firing = metric_value(
         metrics, "incidentd_alerts_received_total", source="alertmanager", status="firing"
     )
@@ -183,10 +181,12 @@ async def test_prometheus_alert_opens_incident_and_resolves_it(stack: Stack) -> 
     assert resolved["acknowledged_at"] is None, resolved
 
     metrics = await client.metrics_text()
-    assert metric_value(metrics, "incidentd_incidents_open", severity="critical") == 0, metrics
+    assert metric_value(metrics, "incidentd_incidents_open") == 0, metrics
     assert (metric_value(metrics, "incidentd_incident_time_to_resolve_seconds_count") or 0) >= 1, (
         metrics
     )
+    assert (metric_value(metrics, "incidentd_incidents_resolved_total", how="automatic")
+            or 0) >= 1, metrics
 
     # Prometheus scrapes incidentd's /metrics: the opened incident shows up there.
     async def opened_in_prometheus() -> tuple[float | None, Any]:
@@ -227,7 +227,8 @@ async def test_acknowledge_between_open_and_automatic_resolve(stack: Stack) -> N
     count = metric_value(metrics, "incidentd_incident_time_to_acknowledge_seconds_count")
     assert (count or 0) >= 1, metrics
     # Still open while acknowledged.
-    assert metric_value(metrics, "incidentd_incidents_open", severity="critical") == 1, metrics
+    assert metric_value(metrics, "incidentd_incidents_open", status="acknowledged") == 1, metrics
+    assert metric_value(metrics, "incidentd_incidents_open", status="triggered") == 0, metrics
 
     # The alert clears: an acknowledged incident resolves by itself too.
     stack.demo.value = 1

@@ -13,13 +13,30 @@ pytestmark = pytest.mark.e2e
 
 # name in the exposition → accepted types
 CONTRACT_METRICS = {
+    "incidentd_build_info": {"gauge", "info"},
     "incidentd_alerts_received_total": {"counter"},
-    "incidentd_alerts_deduplicated_total": {"counter"},
+    "incidentd_alerts_processed_total": {"counter"},
+    "incidentd_alerts_rejected_total": {"counter"},
+    "incidentd_alerts_suppressed_total": {"counter"},
     "incidentd_incidents_opened_total": {"counter"},
+    "incidentd_incidents_resolved_total": {"counter"},
+    "incidentd_incidents_reopened_total": {"counter"},
     "incidentd_incidents_open": {"gauge"},
     "incidentd_incident_time_to_acknowledge_seconds": {"histogram"},
     "incidentd_incident_time_to_resolve_seconds": {"histogram"},
-    "incidentd_ingest_duration_seconds": {"histogram", "summary"},
+    "incidentd_sla_warnings_total": {"counter"},
+    "incidentd_sla_breaches_total": {"counter"},
+    "incidentd_sla_met_total": {"counter"},
+    "incidentd_escalations_total": {"counter"},
+    "incidentd_problems_opened_total": {"counter"},
+    "incidentd_runbook_runs_total": {"counter"},
+    "incidentd_runbook_duration_seconds": {"histogram"},
+    "incidentd_runbook_pending_approvals": {"gauge"},
+    "incidentd_notifications_total": {"counter"},
+    "incidentd_outbox_pending": {"gauge"},
+    "incidentd_ingest_duration_seconds": {"histogram"},
+    "incidentd_ingest_batch_alerts": {"histogram"},
+    "incidentd_ingest_queued_alerts": {"gauge"},
 }
 
 
@@ -46,10 +63,11 @@ async def test_metrics_pass_promtool_lint(client: IncidentdClient) -> None:
         exposition, "incidentd_alerts_received_total", source="alertmanager", status="firing"
     )
     assert (received or 0) >= 1, exposition
-    assert (
-        metric_value(exposition, "incidentd_alerts_deduplicated_total", source="alertmanager") == 1
-    )
-    assert metric_value(exposition, "incidentd_incidents_opened_total", severity="critical") == 1
+    for outcome, count in (("new", 1), ("duplicate", 1), ("correlated", 0), ("suppressed", 0)):
+        assert (metric_value(exposition, "incidentd_alerts_processed_total",
+                             source="alertmanager", outcome=outcome) or 0) == count, exposition
+    assert metric_value(exposition, "incidentd_incidents_opened_total") == 1, exposition
+    assert metric_value(exposition, "incidentd_incidents_open", status="triggered") == 1
     assert (metric_value(exposition, "incidentd_ingest_duration_seconds_count") or 0) >= 1
 
     proc = await asyncio.create_subprocess_exec(

@@ -159,10 +159,21 @@ async def test_health_ready_and_metrics(client: TestClient) -> None:
     assert (resp.status, await resp.json()) == (200, {"status": "ready"})
     await post_alerts(client, "prometheus_firing.json")
     text = await (await client.get("/metrics")).text()
-    for name in ("incidentd_alerts_received_total", "incidentd_alerts_deduplicated_total",
+    for name in ("incidentd_alerts_received_total", "incidentd_alerts_processed_total",
                  "incidentd_incidents_opened_total", "incidentd_incidents_open",
                  "incidentd_incident_time_to_acknowledge_seconds",
                  "incidentd_incident_time_to_resolve_seconds",
                  "incidentd_ingest_duration_seconds"):
         assert f"# TYPE {name} " in text, name
     assert 'incidentd_alerts_received_total{source="alertmanager",status="firing"}' in text
+    assert 'incidentd_alerts_processed_total{outcome="new",source="alertmanager"}' in text
+
+
+async def test_actors_incidentd_writes_itself_cannot_be_claimed(client: TestClient) -> None:
+    await post_alerts(client, "prometheus_firing.json")
+    for actor in ("runbook:restart", "incidentd"):
+        resp = await client.post("/api/v1/incidents/1/resolve", json={"actor": actor},
+                                 headers=ADMIN)
+        assert resp.status == 400, actor
+        [error] = (await resp.json())["error"]["errors"]
+        assert error["field"] == "actor" and "reserved" in error["reason"]

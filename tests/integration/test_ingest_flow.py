@@ -11,7 +11,7 @@ from daemon.errors import InvalidTransition, NotFound, Overloaded
 from daemon.ingest import IngestWriter
 from daemon.itsm import incidents
 from daemon.models import Alert, AlertStatus, Incident, IncidentStatus, Severity, TimelineKind
-from daemon.store import Store, migrate
+from daemon.store import Store, gauges, migrate
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as incident_store
 from tests.conftest import FakeClock, make_pipeline
@@ -181,13 +181,15 @@ async def test_listing_pages_and_filters(store: Store, clock: FakeClock) -> None
                                                     before_id=page1[-1].id)
         acked = await incident_store.list_incidents(
             conn, statuses=[IncidentStatus.ACKNOWLEDGED], limit=10, before_id=None)
-        counts = await incident_store.count_open_by_severity(conn)
+        open_now = await gauges.open_incidents(conn)
         alerts_page = await alert_store.list_alerts(conn, status=AlertStatus.FIRING, limit=10,
                                                     before_id=None)
     assert [i.id for i in page1] == [5, 4, 3]
     assert [i.id for i in page2] == [2, 1]
     assert [i.id for i in acked] == [2]
-    assert counts == {Severity.ERROR: 5}
+    assert sorted(open_now) == [(1, "P3", "triggered"), (2, "P3", "acknowledged"),
+                                (3, "P3", "triggered"), (4, "P3", "triggered"),
+                                (5, "P3", "triggered")]
     assert len(alerts_page) == 5
 
 
