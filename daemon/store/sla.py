@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -107,7 +107,7 @@ async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[Clock
 
 async def insert(conn: AsyncConnection, rows: Sequence[ClockRow]) -> None:
     if rows:
-        await conn.execute(sa.insert(sla_clocks), [asdict(r) for r in rows])
+        await conn.execute(sa.insert(sla_clocks), [_columns(r) for r in rows])
 
 
 async def update(conn: AsyncConnection, rows: Sequence[ClockRow]) -> None:
@@ -124,8 +124,14 @@ async def update(conn: AsyncConnection, rows: Sequence[ClockRow]) -> None:
         .values(**values)
     )
     params = [
-        {**{f"v_{k}": v for k, v in asdict(r).items() if k not in _KEY},
+        {**{f"v_{k}": v for k, v in _columns(r).items() if k not in _KEY},
          "k_incident_id": r.incident_id, "k_clock": r.clock}
         for r in rows
     ]
     await conn.execute(stmt, params)
+
+
+def _columns(row: ClockRow) -> dict[str, Any]:
+    # Not dataclasses.asdict: it deep-copies every value, and this runs per clock on
+    # the ingest path.
+    return {name: getattr(row, name) for name in _FIELDS}
