@@ -44,6 +44,7 @@ from daemon.itsm.delivery import Sender
 from daemon.itsm.followup import FollowUp
 from daemon.itsm.maintenance import Maintenance
 from daemon.itsm.priority import PriorityMatrix
+from daemon.leader import Leadership
 from daemon.receivers.auth import Credentials
 from daemon.receivers.endpoint import Intake
 from daemon.receivers.integrations import build_integrations
@@ -73,6 +74,7 @@ class Components:
     catalog: CatalogHolder
     executor: Executor
     actions: Actions
+    leadership: Leadership
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -191,12 +193,15 @@ def load_runbooks(config: Config) -> CatalogHolder:
 async def start(config: Config, *, clock: Clock | None = None) -> Components:
     """Open the store, migrate, rebuild caches, start the workers; return the wired app."""
     clock = clock or SystemClock()
+    leadership = Leadership(config.database.url)
+    await leadership.start()  # SQLite: refuses a second daemon on the same file
     store = await open_store(config)
     try:
         cmdb, topology = await load_cmdb(config, store, clock)
         catalog = load_runbooks(config)
     except ConfigError:
         await store.close()
+        await leadership.stop()
         raise
     followup = FollowUp(config, topology, clock=clock, link_secret=link_secret(config))
     triggers = Triggers(catalog=catalog, config=config.runbooks, topology=topology)
@@ -223,7 +228,7 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     await executor.interrupt_running()
     executor.start()
     jobs = Jobs(store=store, clock=clock, config=config, followup=followup, pipeline=pipeline,
-                triggers=triggers)
+                triggers=triggers, leadership=leadership)
     scheduler = start_scheduler(jobs, config)
     health = HealthRoutes(store=store)
     oncall = build_oncall(config, actions=actions, followup=followup, store=store, clock=clock,
@@ -237,12 +242,13 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     return Components(store=store, writer=writer, health=health, app=app, topology=topology,
                       cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup,
                       sender=sender, oncall=oncall, catalog=catalog, executor=executor,
-                      actions=actions)
+                      actions=actions, leadership=leadership)
 
 
 async def stop(components: Components) -> None:
     components.scheduler.shutdown(wait=False)
     await components.jobs.drain()
+    await components.leadership.stop()  # another replica takes the timers now
     await components.oncall.drain()
     await components.executor.stop()  # a run cut short is recorded as interrupted
     await components.cmdb.drain()

@@ -21,6 +21,7 @@ from daemon.config import Config
 from daemon.ingest import BatchResult, Pipeline, record
 from daemon.itsm import incidents
 from daemon.itsm.followup import FollowUp
+from daemon.leader import Leadership
 from daemon.models import incident_key
 from daemon.runbooks.triggers import Triggers
 from daemon.store import Store, StoreUnavailable, gauges
@@ -32,7 +33,9 @@ GAUGE_REFRESH_SECONDS = 15.0
 
 class Jobs:
     def __init__(self, *, store: Store, clock: Clock, config: Config, followup: FollowUp,
-                 pipeline: Pipeline, triggers: Triggers | None = None) -> None:
+                 pipeline: Pipeline, triggers: Triggers | None = None,
+                 leadership: Leadership | None = None) -> None:
+        self._leadership = leadership
         self._triggers = triggers
         self._store = store
         self._clock = clock
@@ -64,11 +67,16 @@ class Jobs:
         return await self._guarded("expiring runbook approvals", self._expire)
 
     async def refresh_gauges(self) -> int:
-        return await self._guarded("refreshing gauges", self._refresh_gauges)
+        # Every replica exports gauges, so every replica refreshes them.
+        return await self._guarded("refreshing gauges", self._refresh_gauges,
+                                   leader_only=False)
 
-    async def _guarded(self, what: str, job: Callable[[], Awaitable[int]]) -> int:
+    async def _guarded(self, what: str, job: Callable[[], Awaitable[int]], *,
+                       leader_only: bool = True) -> int:
         if self._closing:
             return 0
+        if leader_only and self._leadership is not None and not self._leadership.is_leader:
+            return 0  # another replica runs the timers
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
