@@ -87,6 +87,11 @@ def api_credentials(config: Config) -> Credentials:
     return Credentials(bearer=resolved.values)
 
 
+def read_only_credentials(config: Config) -> Credentials | None:
+    values = tuple(v for v in (resolve(r) for r in config.api.read_only_tokens) if v)
+    return Credentials(bearer=values) if values else None
+
+
 def link_secret(config: Config) -> str:
     resolved = resolve_or_generate([config.notifications.action_links.secret])
     if resolved.generated:
@@ -143,7 +148,9 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
         clock=clock,
     )
     app = web.Application(
-        middlewares=[errors_middleware, api_token_middleware(api_credentials(config))],
+        middlewares=[errors_middleware, api_token_middleware(
+            api_credentials(config), read_only_credentials(config),
+            protect_metrics=config.api.protect_metrics)],
         # Bodies are limited per endpoint (with a 413 in JSON); this is only a backstop.
         client_max_size=max(config.server.max_body_bytes, 1024 * 1024) * 2,
     )

@@ -103,7 +103,13 @@ class IngestConfig(_Strict):
 
 
 class ApiConfig(_Strict):
+    # Admin tokens: everything under /api/v1/.
     tokens: list[SecretRef] = Field(default_factory=lambda: [SecretRef(env="INCIDENTD_API_TOKEN")])
+    # Read-only tokens: GET requests only (dashboards, reporting scripts, a status page).
+    read_only_tokens: list[SecretRef] = Field(
+        default_factory=lambda: [SecretRef(env="INCIDENTD_API_READ_TOKEN")])
+    # Require a token (read-only or admin) on GET /metrics too.
+    protect_metrics: bool = False
 
 
 class BasicCredential(_Strict):

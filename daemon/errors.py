@@ -34,6 +34,11 @@ class Unauthorized(UserError):
     code = "unauthorized"
 
 
+class Forbidden(UserError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(UserError):
     status = 404
     code = "not_found"

@@ -6,6 +6,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from daemon.api.responses import Handler
+from daemon.errors import Forbidden
 from daemon.receivers.auth import Credentials
 
 _PROTECTED_PREFIX = "/api/v1/"
@@ -25,12 +26,31 @@ def _is_ingest(request: web.Request) -> bool:
     )
 
 
-def api_token_middleware(credentials: Credentials) -> Middleware:
+_READS = ("GET", "HEAD")
+
+
+def api_token_middleware(admin: Credentials, read_only: Credentials | None = None, *,
+                         protect_metrics: bool = False) -> Middleware:
+    """Admin tokens open everything; read-only tokens open reads (GET) only."""
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (request.path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request)
-                and request.path != "/api/v1/openapi.json"):
-            credentials.check(request.headers.get("Authorization"))
+        path = request.path
+        guarded = (path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request)
+                   and path != "/api/v1/openapi.json") or (protect_metrics and path == "/metrics")
+        if guarded:
+            _admit(request, admin, read_only)
         return await handler(request)
 
     return guard
+
+
+def _admit(request: web.Request, admin: Credentials, read_only: Credentials | None) -> None:
+    authorization = request.headers.get("Authorization")
+    if admin.admits(authorization):
+        return
+    if read_only is not None and read_only.admits(authorization):
+        if request.method not in _READS:
+            raise Forbidden("this token is read-only; changes need an admin token")
+        return
+    admin.check(authorization)  # 401, saying whether the header was missing or wrong

@@ -177,3 +177,30 @@ async def test_actors_incidentd_writes_itself_cannot_be_claimed(client: TestClie
         assert resp.status == 400, actor
         [error] = (await resp.json())["error"]["errors"]
         assert error["field"] == "actor" and "reserved" in error["reason"]
+
+
+async def test_read_only_tokens_read_and_cannot_change(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INCIDENTD_API_TOKEN", "admin-token")
+    monkeypatch.setenv("INCIDENTD_API_READ_TOKEN", "read-token")
+    monkeypatch.setenv("INCIDENTD_ALERTMANAGER_TOKEN", "am-token")
+    config = load_config(EXAMPLE, environ={"INCIDENTD_API_PROTECT_METRICS": "true"},
+                         overrides=Overrides(database_url=database_url))
+    await reset(database_url)
+    components = await daemon_app.start(config)
+    try:
+        async with TestClient(TestServer(components.app)) as client:
+            await post_alerts(client, "prometheus_firing.json")
+            reader = {"Authorization": "Bearer read-token"}
+            assert (await client.get("/api/v1/incidents/1", headers=reader)).status == 200
+            assert (await client.get("/metrics", headers=reader)).status == 200
+            assert (await client.get("/metrics")).status == 401
+            resp = await client.post("/api/v1/incidents/1/acknowledge", headers=reader)
+            assert resp.status == 403
+            assert "read-only" in (await resp.json())["error"]["message"]
+            resp = await client.post("/api/v1/incidents/1/acknowledge", headers=ADMIN)
+            assert resp.status == 200
+            assert (await client.get("/api/v1/incidents", headers={
+                "Authorization": "Bearer nope"})).status == 401
+    finally:
+        await daemon_app.stop(components)
