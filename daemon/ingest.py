@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -87,6 +88,7 @@ class Pipeline:
         self._clock = clock
 
     async def process(self, conn: AsyncConnection, batch: Sequence[AlertEvent]) -> BatchResult:
+        await serialize_correlation(conn)
         now = self._clock.now()
         result = BatchResult()
         result.received.update(
@@ -107,6 +109,7 @@ class Pipeline:
         """Alerts still firing when their maintenance window ended get incidents now.
 
         They were counted (as suppressed) when they arrived: not again here."""
+        await serialize_correlation(conn)
         now = self._clock.now()
         result = BatchResult()
         released = await self._maintenance.release(conn, now)
@@ -170,6 +173,22 @@ def _count_outcomes(result: BatchResult, new: Sequence[Placed], suppressed: Sequ
          else Outcome.NEW if alert_id in opening else Outcome.CORRELATED)
         for alert, alert_id in new
     )
+
+
+# "incidentd-ingest" folded into a bigint: the lock ingest transactions take.
+_INGEST_LOCK = 0x696E67657374
+
+
+async def serialize_correlation(conn: AsyncConnection) -> None:
+    """One ingest transaction at a time across replicas (PostgreSQL).
+
+    Deciding which incident an alert joins reads the open incidents; two replicas
+    deciding at once would each miss the other's uncommitted incident and open two
+    for one group. The lock is held until commit; group commit keeps it cheap. On
+    SQLite the single writer already does this.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INGEST_LOCK})
 
 
 @dataclass(slots=True)
