@@ -11,6 +11,7 @@ with the last value seen and the tail of every process log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -553,6 +554,24 @@ class DemoTarget:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def local_server(app: web.Application) -> AsyncIterator[int]:
+    """Serve `app` on a free loopback port for the block (a webhook target, an agent);
+    yields the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, LOOPBACK, 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+async def constant(value: T) -> T:
+    """`value` as an awaitable: lets `poll` watch something the test holds itself."""
+    return value
 
 
 # --------------------------------------------------------------------------

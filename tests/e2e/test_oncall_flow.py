@@ -20,7 +20,9 @@ from .harness import (
     DaemonProcess,
     IncidentdClient,
     ProcessRegistry,
+    constant,
     example_config,
+    local_server,
     poll,
 )
 
@@ -55,14 +57,9 @@ async def tool() -> AsyncIterator[OnCallTool]:
     tool = OnCallTool()
     app = web.Application()
     app.router.add_post("/hook", tool.hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    tool.url = f"http://127.0.0.1:{port}/hook"
-    yield tool
-    await runner.cleanup()
+    async with local_server(app) as port:
+        tool.url = f"http://127.0.0.1:{port}/hook"
+        yield tool
 
 
 async def test_alertmanager_page_then_acknowledge_from_the_signed_link(
@@ -90,7 +87,7 @@ async def test_alertmanager_page_then_acknowledge_from_the_signed_link(
                                   annotations={"summary": f"{name} is failing"})
 
     [triggered] = await poll(
-        "the incident.triggered webhook", lambda: _async(tool.events("incident.triggered")),
+        "the incident.triggered webhook", lambda: constant(tool.events("incident.triggered")),
         lambda events: events or None, within=60, diagnostics=procs.describe)
     signature, body = next((s, b) for s, b in tool.received
                            if json.loads(b)["event"]["id"] == triggered["id"])
@@ -112,11 +109,8 @@ async def test_alertmanager_page_then_acknowledge_from_the_signed_link(
     assert [e["actor"] for e in acknowledged["timeline"]
             if e["kind"] == "acknowledged"] == ["oncall-tool"]
     await poll("the incident.acknowledged webhook",
-               lambda: _async(tool.events("incident.acknowledged")),
+               lambda: constant(tool.events("incident.acknowledged")),
                lambda events: events or None, within=20, diagnostics=procs.describe)
     async with http.post(link) as again:  # links work once
         assert again.status == 403
 
-
-async def _async(value: Any) -> Any:
-    return value

@@ -21,7 +21,9 @@ from .harness import (
     DaemonProcess,
     IncidentdClient,
     alertmanager_group,
+    constant,
     example_config,
+    local_server,
     poll,
 )
 
@@ -47,13 +49,9 @@ async def agent() -> AsyncIterator[Agent]:
     agent = Agent()
     app = web.Application()
     app.router.add_post("/units/{unit}/restart", agent.restart)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    agent.port = runner.addresses[0][1]
-    yield agent
-    await runner.cleanup()
+    async with local_server(app) as port:
+        agent.port = port
+        yield agent
 
 
 def catalog(agent: Agent, marker: Path) -> dict[str, Any]:
@@ -159,11 +157,8 @@ async def test_sighup_reloads_the_runbook_catalog_and_keeps_it_when_broken(
     broken = dict(second, name="broken", steps=[{"name": "x", "type": "shell"}])
     runbooks.write_text(yaml.safe_dump({"runbooks": [broken]}))
     daemon.send_signal(signal.SIGHUP)
-    await poll("the refusal in the log", lambda: _async(daemon.tail(200)),
+    await poll("the refusal in the log", lambda: constant(daemon.tail(200)),
                lambda text: "runbook files invalid" in text and "unknown step type" in text,
                within=10, diagnostics=daemon.describe)
     assert await names() == ["restart-unit", "restart-unit-too"]
 
-
-async def _async(value: Any) -> Any:
-    return value
