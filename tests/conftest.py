@@ -97,6 +97,17 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
+@pytest.fixture
+async def pg_store(pg_database: str) -> AsyncIterator[Store]:
+    """A migrated, empty store on PostgreSQL only: for what only PostgreSQL has (row
+    locks between replicas, advisory locks)."""
+    s = Store.open(pg_database)
+    await migrate.upgrade(s)
+    await empty(s)
+    yield s
+    await s.close()
+
+
 async def reset(database_url: str) -> None:
     """Migrate and empty the database a daemon is about to start on.
 

@@ -286,9 +286,9 @@ async def test_without_policies_nothing_escalates(store: Store, clock: FakeClock
     assert await desk.sweep() == []
 
 
-async def test_two_replicas_never_notify_one_level_twice(store: Store, clock: FakeClock) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite has a single writer; the row locks are PostgreSQL's")
+async def test_two_replicas_never_notify_one_level_twice(pg_store: Store, clock: FakeClock
+                                                        ) -> None:
+    store = pg_store  # SQLite has a single writer; the row locks are PostgreSQL's
     desk = Desk(store, clock, TWO_LEVELS)
     [inc], _ = await desk.open(alert("disk-full", None))
     clock.advance(300)

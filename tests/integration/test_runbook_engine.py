@@ -770,10 +770,9 @@ async def test_stop_interrupts_a_run_in_flight(store: Store, clock: FakeClock, t
 # -- replicas (PostgreSQL) -------------------------------------------------------------------
 
 
-async def test_claimed_rows_are_skipped_by_other_replicas(store: Store, clock: FakeClock,
+async def test_claimed_rows_are_skipped_by_other_replicas(pg_store: Store, clock: FakeClock,
                                                           tmp_path: Path) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite has one writer")
+    store = pg_store  # SKIP LOCKED is PostgreSQL's; SQLite has one writer
     lab = Lab(store, clock, tmp_path, """
         runbooks:
           - name: fix

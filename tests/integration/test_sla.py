@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from daemon.app import build_pipeline
@@ -450,9 +449,9 @@ async def test_no_policy_no_clocks_and_several_warning_fractions(
     assert [d.get("fraction") for _, d in timeline] == [0.5, 0.9, None]
 
 
-async def test_two_replicas_never_fire_the_same_breach(store: Store, clock: FakeClock) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("row locks matter on PostgreSQL; SQLite has one writer")
+async def test_two_replicas_never_fire_the_same_breach(pg_store: Store, clock: FakeClock
+                                                      ) -> None:
+    store = pg_store  # row locks matter on PostgreSQL; SQLite has one writer
     desk = Desk(store, clock, STANDARD)
     inc = await desk.open()
     clock.advance(5 * HOUR)
