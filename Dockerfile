@@ -18,7 +18,7 @@ RUN groupadd --system --gid 10001 incidentd \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY config/incidentd.example.yaml /etc/incidentd/incidentd.yaml
-COPY config/cmdb.example.yaml /etc/incidentd/cmdb.example.yaml
+COPY config/cmdb.example.yaml config/runbooks.example.yaml /etc/incidentd/
 USER incidentd
 WORKDIR /var/lib/incidentd
 VOLUME ["/etc/incidentd", "/var/lib/incidentd"]
