@@ -61,11 +61,13 @@ def daemon_factory(tmp_path: Path, procs: ProcessRegistry) -> Callable[..., Daem
         *,
         config: Mapping[str, Any] | Path | None = None,
         env: Mapping[str, str] | None = None,
+        database_url: str | None = None,
     ) -> DaemonProcess:
         nonlocal counter
         counter += 1
         name = "incidentd" if counter == 1 else f"incidentd{counter}"
-        daemon = DaemonProcess(tmp_path=tmp_path, name=name, config=config, env=env)
+        daemon = DaemonProcess(tmp_path=tmp_path, name=name, config=config, env=env,
+                               database_url=database_url)
         return procs.add(daemon)  # type: ignore[return-value]
 
     return make

@@ -263,9 +263,12 @@ class DaemonProcess(ManagedProcess):
         name: str = "incidentd",
         config: Mapping[str, Any] | Path | None = None,
         env: Mapping[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.port = free_port()
         self.db_path = tmp_path / f"{name}.db"
+        # Default: its own SQLite file; replicas share one PostgreSQL URL instead.
+        self.database_url = database_url or f"sqlite+aiosqlite:///{self.db_path}"
         self.base_url = f"http://{LOOPBACK}:{self.port}"
         if config is None:
             self.config_path = EXAMPLE_CONFIG
@@ -291,7 +294,7 @@ class DaemonProcess(ManagedProcess):
             "--listen",
             f"{LOOPBACK}:{self.port}",
             "--database-url",
-            f"sqlite+aiosqlite:///{self.db_path}",
+            self.database_url,
         ]
         super().__init__(
             name=name, argv=argv, log_path=tmp_path / f"{name}.log", env=child_env, cwd=REPO_ROOT
