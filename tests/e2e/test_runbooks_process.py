@@ -162,3 +162,57 @@ async def test_sighup_reloads_the_runbook_catalog_and_keeps_it_when_broken(
                within=10, diagnostics=daemon.describe)
     assert await names() == ["restart-unit", "restart-unit-too"]
 
+
+
+async def test_sigterm_interrupts_a_running_step_within_the_grace_and_exits_0(
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProcess],
+    make_client: Callable[[DaemonProcess], IncidentdClient],
+) -> None:
+    """A step still running at SIGTERM gets the executor's grace, then is cut short
+    and recorded `interrupted`; the process exits 0 well inside the deadline, and the
+    restarted daemon does not run it again."""
+    started = tmp_path / "started"
+    slow = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(120)"
+    runbooks = tmp_path / "runbooks.yaml"
+    runbooks.write_text(yaml.safe_dump({"runbooks": [{
+        "name": "slow-fix", "match": {"alerts": ['alertname="SlowFix"']},
+        "steps": [{"name": "sleep", "type": "command", "timeout_seconds": 300,
+                   "argv": [sys.executable, "-c", slow, str(started)]}],
+    }]}))
+    config = example_config()
+    config["runbooks"] = {"files": [str(runbooks)], "poll_interval_seconds": 0.1}
+    daemon = await daemon_factory(config=config).start()
+    client = make_client(daemon)
+    status, text = await client.post_alertmanager(
+        alertmanager_group(group="SlowFix", fingerprints=[uuid.uuid4().hex[:16]]))
+    assert status == 200, text
+    await poll("the step to start", lambda: constant(started.exists()), bool, within=30,
+               diagnostics=daemon.describe)
+
+    daemon.send_signal(signal.SIGTERM)
+    rc = await daemon.wait_exit(30)  # the executor's grace is 10 s
+    assert rc == 0, f"exit code after SIGTERM: {rc}\n{daemon.describe(60)}"
+    await poll("the step's process to be gone with the daemon",
+               lambda: constant(_processes_mentioning(str(started))), lambda pids: not pids,
+               within=10, diagnostics=daemon.describe)
+
+    await daemon.restart()
+    [run] = await _runs(client)
+    assert run["status"] == "interrupted", run
+    await poll("nothing re-runs the interrupted run", lambda: _runs(client),
+               lambda runs: len(runs) == 1 and runs[0]["status"] == "interrupted",
+               within=5, diagnostics=daemon.describe)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found.append(int(entry.name))
+    return found
