@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from daemon import __version__, metrics
-from daemon.api.auth import api_token_middleware
+from daemon import logging as daemon_logging
+from daemon.api.auth import ApiAccess, ApiGuard
 from daemon.api.changes import ChangeRoutes
 from daemon.api.cmdb import CmdbRoutes
+from daemon.api.connectors import connector_routes
 from daemon.api.health import HealthRoutes
+from daemon.api.httpserver import GuardedSite, ServerLimits, handler_options
 from daemon.api.incidents import IncidentRoutes
 from daemon.api.notifications import NotificationRoutes
 from daemon.api.oncall import OnCallRoutes
@@ -31,29 +35,32 @@ from daemon.api.reports import ReportRoutes
 from daemon.api.responses import errors_middleware
 from daemon.api.runbooks import RunbookRoutes
 from daemon.clock import Clock, SystemClock
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, IntegrationConfig, SecretRef
 from daemon.correlation.binding import Binder, compile_rules
 from daemon.correlation.engine import Correlator
 from daemon.correlation.flapping import FlapDetector
 from daemon.correlation.topology import TopologyHolder
-from daemon.ingest import IngestWriter, Pipeline
+from daemon.ingest import IngestWriter, Pipeline, Stages
 from daemon.itsm.actions import Actions
 from daemon.itsm.changes import ChangeRecorder
 from daemon.itsm.cmdb import Cmdb, CmdbInvalid
-from daemon.itsm.delivery import Sender
+from daemon.itsm.connectors.sync import ConnectorSync
+from daemon.itsm.delivery import Sender, Target, build_targets
 from daemon.itsm.followup import FollowUp
 from daemon.itsm.maintenance import Maintenance
 from daemon.itsm.priority import PriorityMatrix
 from daemon.leader import Leadership
 from daemon.receivers.auth import Credentials
-from daemon.receivers.endpoint import Intake
+from daemon.receivers.endpoint import Intake, Integration
 from daemon.receivers.integrations import build_integrations
-from daemon.runbooks.catalog import CatalogHolder, CatalogInvalid
+from daemon.reloading import Loader, Refused, Reloader
+from daemon.runbooks.catalog import Catalog, CatalogHolder, CatalogInvalid
 from daemon.runbooks.executor import Executor
 from daemon.runbooks.triggers import Triggers
-from daemon.scheduler import Jobs, start_scheduler
+from daemon.scheduler import Jobs, reschedule, start_scheduler
 from daemon.secrets import resolve, resolve_or_generate
-from daemon.store import Store, gauges, migrate
+from daemon.store import Store, StoreUnavailable, gauges, migrate
+from daemon.store.engine import wait_for_database
 
 log = structlog.get_logger("incidentd")
 
@@ -75,6 +82,17 @@ class Components:
     executor: Executor
     actions: Actions
     leadership: Leadership
+    # What a configuration reload reconfigures, besides the above.
+    clock: Clock
+    pipeline: Pipeline
+    intake: Intake
+    guard: ApiGuard
+    triggers: Triggers
+    runbook_routes: RunbookRoutes
+    reloader: Reloader
+    link_secret: str
+    # What each secret reference read when its part was built (see `secret_values`).
+    secrets: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
 
 
 def api_credentials(config: Config) -> Credentials:
@@ -85,6 +103,11 @@ def api_credentials(config: Config) -> Credentials:
             "keep it stable)", generated_token=resolved.generated,
         )
     return Credentials(bearer=resolved.values)
+
+
+def api_access(config: Config) -> ApiAccess:
+    return ApiAccess(api_credentials(config), read_only_credentials(config),
+                     config.api.protect_metrics)
 
 
 def read_only_credentials(config: Config) -> Credentials | None:
@@ -115,12 +138,10 @@ def build_oncall(config: Config, *, actions: Actions, followup: FollowUp, store:
     )
 
 
-def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
-                   followup: FollowUp | None = None) -> Pipeline:
-    """The ingest stages, in order: bind → dedup → flapping → maintenance → correlation →
-    incidents → follow-up."""
+def build_stages(config: Config, topology: TopologyHolder) -> Stages:
+    """The configured ingest stages: bind → flapping → maintenance → correlation → priority."""
     corr = config.correlation
-    return Pipeline(
+    return Stages(
         binder=Binder(compile_rules(corr.binding), topology),
         correlator=Correlator(
             config=corr, topology=topology,
@@ -130,27 +151,28 @@ def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
                               window_seconds=corr.flapping_window_seconds),
         maintenance=Maintenance(config.changes, topology, depth=corr.max_depth),
         priorities=PriorityMatrix(config.priority),
-        followup=followup or FollowUp(config, topology, clock=clock),
         reopen_window_seconds=config.lifecycle.reopen_window_seconds,
+    )
+
+
+def build_pipeline(config: Config, topology: TopologyHolder, clock: Clock,
+                   followup: FollowUp | None = None) -> Pipeline:
+    """The ingest stages, in order: bind → dedup → flapping → maintenance → correlation →
+    incidents → follow-up."""
+    return Pipeline(
+        stages=build_stages(config, topology),
+        followup=followup or FollowUp(config, topology, clock=clock),
         topology=topology,
         clock=clock,
     )
 
 
-def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWriter,
+def build_app(config: Config, *, store: Store, clock: Clock, guard: ApiGuard, intake: Intake,
               health: HealthRoutes, cmdb: Cmdb, topology: TopologyHolder,
               followup: FollowUp, actions: Actions, oncall: OnCallRoutes,
               sender: Sender) -> web.Application:
-    intake = Intake(
-        integrations=build_integrations(config, clock),
-        alerts=writer,
-        changes=ChangeRecorder(store=store, clock=clock, topology=topology),
-        clock=clock,
-    )
     app = web.Application(
-        middlewares=[errors_middleware, api_token_middleware(
-            api_credentials(config), read_only_credentials(config),
-            protect_metrics=config.api.protect_metrics)],
+        middlewares=[errors_middleware, guard.middleware()],
         # Bodies are limited per endpoint (with a 413 in JSON); this is only a backstop.
         client_max_size=max(config.server.max_body_bytes, 1024 * 1024) * 2,
     )
@@ -168,13 +190,34 @@ def build_app(config: Config, *, store: Store, clock: Clock, writer: IngestWrite
 
 
 async def open_store(config: Config) -> Store:
-    store = Store.open(config.database.url, sqlite_synchronous=config.database.sqlite_synchronous,
-                       pool_size=config.database.pool_size)
-    if config.database.auto_migrate:
-        await migrate.upgrade(store)
-    async with store.read() as conn:
-        metrics.OPEN_INCIDENTS.replace(await gauges.open_incidents(conn))
+    """The store, migrated. PostgreSQL that is not there yet (starting beside us, being
+    restarted) is waited for, up to `database.connect_timeout_seconds`, each try logged;
+    then, or at once for a wrong password or a missing database, a `ConfigError` says
+    which database and why (the process exits non-zero, no traceback)."""
+    db = config.database
+    store = Store.open(db.url, sqlite_synchronous=db.sqlite_synchronous, pool_size=db.pool_size)
+
+    async def prepare() -> None:
+        if db.auto_migrate:
+            await migrate.upgrade(store)
+        async with store.read() as conn:
+            metrics.OPEN_INCIDENTS.replace(await gauges.open_incidents(conn))
+
+    waited = db.connect_timeout_seconds if store.dialect == "postgresql" else 0.0
+    try:
+        await wait_for_database(prepare, total_seconds=waited, url=_safe_url(db.url))
+    except (StoreUnavailable, DBAPIError) as err:
+        await store.close()
+        within = f" within {waited:g} s" if waited else ""
+        raise ConfigError([f"database.url: cannot use the database {_safe_url(db.url)}{within}: "
+                           f"{_first_line(err)}"]) from None
     return store
+
+
+def _first_line(err: BaseException) -> str:
+    orig = getattr(err, "orig", None) or err
+    text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    return text[:300]
 
 
 async def load_cmdb(config: Config, store: Store, clock: Clock) -> tuple[Cmdb, TopologyHolder]:
@@ -197,8 +240,12 @@ def load_runbooks(config: Config) -> CatalogHolder:
         raise ConfigError(err.problems) from None
 
 
-async def start(config: Config, *, clock: Clock | None = None) -> Components:
-    """Open the store, migrate, rebuild caches, start the workers; return the wired app."""
+async def start(config: Config, *, clock: Clock | None = None, loader: Loader | None = None,
+                source: str = "<config>") -> Components:
+    """Open the store, migrate, rebuild caches, start the workers; return the wired app.
+
+    `loader` reads the configuration again on a reload (default: `config` as given);
+    `source` names it in the problems a reload reports."""
     clock = clock or SystemClock()
     leadership = Leadership(config.database.url)
     await leadership.start()  # SQLite: refuses a second daemon on the same file
@@ -210,7 +257,8 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         await store.close()
         await leadership.stop()
         raise
-    followup = FollowUp(config, topology, clock=clock, link_secret=link_secret(config))
+    secret = link_secret(config)
+    followup = FollowUp(config, topology, clock=clock, link_secret=secret)
     triggers = Triggers(catalog=catalog, config=config.runbooks, topology=topology)
     followup.automation = triggers.create_runs
     triggers.followup = followup
@@ -222,7 +270,10 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
         retry_after_seconds=config.ingest.retry_after_seconds,
     )
     writer.start()
-    sender = Sender(config=config.notifications, store=store, clock=clock)
+    connectors = ConnectorSync.build(config.connectors, store=store, clock=clock,
+                                     topology=topology)
+    sender = Sender(config=config.notifications, store=store, clock=clock,
+                    connectors=connectors)
     followup.wake = sender.wake
     sender.start()
     actions = Actions(store=store, clock=clock, matrix=PriorityMatrix(config.priority),
@@ -240,16 +291,33 @@ async def start(config: Config, *, clock: Clock | None = None) -> Components:
     health = HealthRoutes(store=store)
     oncall = build_oncall(config, actions=actions, followup=followup, store=store, clock=clock,
                           triggers=triggers, executor_wake=executor.wake)
-    app = build_app(config, store=store, clock=clock, writer=writer, health=health, cmdb=cmdb,
-                    topology=topology, followup=followup, actions=actions, oncall=oncall,
-                    sender=sender)
-    app.add_routes(RunbookRoutes(store=store, clock=clock, catalog=catalog, triggers=triggers,
-                                 executor_wake=executor.wake,
-                                 dry_run_all=config.runbooks.dry_run).routes())
-    return Components(store=store, writer=writer, health=health, app=app, topology=topology,
-                      cmdb=cmdb, scheduler=scheduler, jobs=jobs, followup=followup,
-                      sender=sender, oncall=oncall, catalog=catalog, executor=executor,
-                      actions=actions, leadership=leadership)
+    guard = ApiGuard(api_access(config))
+    intake = Intake(integrations=build_integrations(config, clock), alerts=writer,
+                    changes=ChangeRecorder(store=store, clock=clock, topology=topology),
+                    clock=clock)
+    app = build_app(config, store=store, clock=clock, guard=guard, intake=intake, health=health,
+                    cmdb=cmdb, topology=topology, followup=followup, actions=actions,
+                    oncall=oncall, sender=sender)
+    runbook_routes = RunbookRoutes(store=store, clock=clock, catalog=catalog, triggers=triggers,
+                                   executor_wake=executor.wake,
+                                   dry_run_all=config.runbooks.dry_run)
+    app.add_routes(runbook_routes.routes())
+    app.add_routes(connector_routes(config.connectors, sync=connectors, store=store,
+                                    actions=actions, clock=clock).routes())
+
+    async def apply(running: Config, new: Config) -> None:
+        await apply_config(components, running, new, source=source)
+
+    reloader = Reloader(loader=loader or (lambda: config), running=config, apply=apply)
+    app.add_routes(reloader.routes())
+    components = Components(
+        store=store, writer=writer, health=health, app=app, topology=topology, cmdb=cmdb,
+        scheduler=scheduler, jobs=jobs, followup=followup, sender=sender, oncall=oncall,
+        catalog=catalog, executor=executor, actions=actions, leadership=leadership,
+        clock=clock, pipeline=pipeline, intake=intake, guard=guard, triggers=triggers,
+        runbook_routes=runbook_routes, reloader=reloader, link_secret=secret,
+        secrets=secret_values(config))
+    return components
 
 
 async def stop(components: Components) -> None:
@@ -266,32 +334,152 @@ async def stop(components: Components) -> None:
     await components.store.close()
 
 
+# -- configuration reload (SIGHUP, POST /-/reload; see `daemon.reloading`) ------------
+
+
 def reload(components: Components) -> None:
-    """SIGHUP: read the CMDB and runbook files again; a bad file keeps the old ones."""
-    components.cmdb.reload_in_background()
-    try:
-        catalog = components.catalog.reload()
-    except CatalogInvalid as err:
-        log.error("runbook files invalid; the previous catalog stays", problems=err.problems)
-        return
-    log.info("runbooks reloaded", runbooks=len(catalog.runbooks))
+    """SIGHUP: reload the configuration in the background; the outcome is logged."""
+    components.reloader.on_signal()
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT (SIGHUP reloads the CMDB files); finish in-flight requests,
-    commit queued alerts, exit 0."""
+@dataclass(frozen=True, slots=True)
+class _Rebuilt:
+    """Every part a new configuration needs, built before any is swapped in."""
+
+    access: ApiAccess
+    integrations: list[Integration]
+    stages: Stages
+    matrix: PriorityMatrix
+    link_secret: str
+    targets: dict[str, Target]
+    catalog: Catalog
+    secrets: dict[str, tuple[str | None, ...]]
+
+
+async def apply_config(c: Components, running: Config, new: Config, *, source: str) -> None:
+    """Build every new part (a failure changes nothing), write the CMDB files to the store
+    (refused whole, too), then swap the parts in with no await in between: a request or
+    batch reads its configuration once, so none sees half of each."""
+    rebuilt = _rebuild(c, running, new, source=source)
+    await _reload_cmdb(c.cmdb, new)
+    c.guard.reconfigure(rebuilt.access)
+    c.intake.reconfigure(rebuilt.integrations)
+    c.pipeline.reconfigure(rebuilt.stages)
+    c.followup.reconfigure(new, rebuilt.link_secret)
+    c.actions.reconfigure(rebuilt.matrix)
+    c.sender.reconfigure(new.notifications, rebuilt.targets)
+    c.catalog.replace(rebuilt.catalog)
+    c.triggers.reconfigure(new.runbooks)
+    c.executor.reconfigure(new.runbooks)
+    c.runbook_routes.reconfigure(dry_run_all=new.runbooks.dry_run)
+    c.jobs.reconfigure(new)
+    reschedule(c.scheduler, running, new)
+    daemon_logging.set_level(new.logging.level)
+    c.link_secret, c.secrets = rebuilt.link_secret, rebuilt.secrets
+
+
+def _rebuild(c: Components, running: Config, new: Config, *, source: str) -> _Rebuilt:
     try:
-        components = await start(config)
+        catalog = load_runbooks(new).current
+    except ConfigError as err:
+        raise Refused("runbook files invalid", err.problems) from None
+    try:
+        seen = secret_values(new)
+        # A part whose secrets read as before is kept: a token generated because none is
+        # configured then stays the same, and so does an integration's replay memory.
+        admin = (c.guard.access.admin if seen["api.tokens"] == c.secrets.get("api.tokens")
+                 else api_credentials(new))
+        unchanged = seen[_LINK] == c.secrets.get(_LINK)
+        return _Rebuilt(
+            access=ApiAccess(admin, read_only_credentials(new), new.api.protect_metrics),
+            integrations=_integrations(c, running, new, seen),
+            stages=build_stages(new, c.topology),
+            matrix=PriorityMatrix(new.priority),
+            link_secret=c.link_secret if unchanged else link_secret(new),
+            targets=build_targets(new.notifications.targets),
+            catalog=catalog,
+            secrets=seen,
+        )
+    except ConfigError as err:
+        raise Refused("configuration invalid", [f"{source}: {p}" for p in err.problems]) from None
+
+
+def _integrations(c: Components, running: Config, new: Config,
+                  seen: dict[str, tuple[str | None, ...]]) -> list[Integration]:
+    """The new integrations, keeping each whose settings and secrets did not change."""
+    kept = {i.name: i for i in c.intake.integrations
+            if running.integration(i.name) == new.integration(i.name)
+            and seen.get(f"integrations.{i.name}") == c.secrets.get(f"integrations.{i.name}")}
+    fresh = [i for i in new.integrations if i.name not in kept]
+    built = {i.name: i for i in build_integrations(
+        new.model_copy(update={"integrations": fresh}), c.clock)}
+    return [kept.get(i.name) or built[i.name] for i in new.integrations]
+
+
+_LINK = "notifications.action_links.secret"
+
+
+def secret_values(config: Config) -> dict[str, tuple[str | None, ...]]:
+    """What the secrets of the API tokens, the link secret and each integration read now
+    (`ConfigError`: a secret file is unreadable)."""
+    values = {"api.tokens": _read(config.api.tokens),
+              _LINK: _read([config.notifications.action_links.secret])}
+    for integ in config.integrations:
+        values[f"integrations.{integ.name}"] = _read(_integration_secrets(integ))
+    return values
+
+
+def _read(refs: Iterable[SecretRef]) -> tuple[str | None, ...]:
+    return tuple(resolve(r) for r in refs)
+
+
+def _integration_secrets(integ: IntegrationConfig) -> Sequence[SecretRef]:
+    auth = integ.auth
+    return [*auth.bearer_tokens, *(b.password for b in auth.basic),
+            *(auth.hmac.secrets if auth.hmac else ()), *auth.routing_keys]
+
+
+async def _reload_cmdb(cmdb: Cmdb, config: Config) -> None:
+    """Read the (maybe other) CMDB files into the store; on any problem nothing changes."""
+    previous = cmdb.files
+    cmdb.use_files(config.cmdb.files)
+    if not config.cmdb.files:
+        return  # without files the CMDB is managed through the API; it stays as it is
+    try:
+        await cmdb.reload_files()
+    except CmdbInvalid as err:
+        cmdb.use_files(previous)
+        raise Refused("cmdb files invalid", err.describe()) from None
+    except StoreUnavailable:
+        cmdb.use_files(previous)
+        raise Refused("database unavailable",
+                      ["cmdb.files: the database is unavailable; try again"]) from None
+    except BaseException:
+        cmdb.use_files(previous)
+        raise
+
+
+async def serve(config: Config, *, loader: Loader | None = None,
+                source: str = "<config>") -> int:
+    """Run until SIGTERM/SIGINT; finish in-flight requests, commit queued alerts, exit 0.
+
+    SIGHUP (and `POST /-/reload`) reloads the configuration through `loader`: the one the
+    command line used, so the same file, environment and flags."""
+    try:
+        components = await start(config, loader=loader, source=source)
     except ConfigError as err:  # a bad CMDB file: said like any other config problem
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
+    limits = ServerLimits(read_timeout=config.server.request_read_timeout_seconds,
+                          max_connections=config.server.max_connections)
     runner = web.AppRunner(
         components.app, handle_signals=False, access_log=None,
-        shutdown_timeout=config.server.shutdown_timeout_seconds,
+        shutdown_timeout=config.server.shutdown_timeout_seconds, **handler_options(limits),
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    # Slow-loris deadlines, a connection cap, malformed HTTP answered without echo.
+    site = GuardedSite(runner, config.server.host, config.server.port, limits=limits)
     try:
         await site.start()
     except OSError as err:
@@ -312,6 +500,7 @@ async def serve(config: Config) -> int:
     log.info("shutting down: finishing in-flight requests")
     components.health.draining = True
     await runner.cleanup()  # stops accepting, waits for in-flight handlers
+    await components.reloader.drain()  # a SIGHUP reload in flight finishes first
     await stop(components)
     log.info("stopped")
     return 0

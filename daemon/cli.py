@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from daemon import __version__
@@ -65,11 +65,16 @@ def _config_path(given: Path | None) -> Path | None:
     return default if default.exists() else None
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(
-        _config_path(args.config),
-        overrides=Overrides(listen=getattr(args, "listen", None), database_url=args.database_url),
-    )
+def _loader(args: argparse.Namespace) -> tuple[Callable[[], Config], str]:
+    """How to read the configuration, now and at each reload (SIGHUP, POST /-/reload): the
+    same file, the process environment and the same flags; and the name of its source."""
+    path = _config_path(args.config)
+    overrides = Overrides(listen=getattr(args, "listen", None), database_url=args.database_url)
+
+    def load() -> Config:
+        return load_config(path, overrides=overrides)
+
+    return load, str(path or "<defaults>")
 
 
 def _check_config(path: Path | None) -> int:
@@ -203,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_schema(args.which)
     if args.command == "replay":
         return _replay(args)
+    loader, source = _loader(args)
     try:
-        config = _load(args)
+        config = loader()
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
@@ -214,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_migrate(config))
     from daemon.app import serve
 
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, loader=loader, source=source))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "INCIDENTD_"
 
@@ -64,6 +72,12 @@ class ServerConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Slow clients: a request's headers must arrive within this long of the connection
+    # opening (or of the request's first byte on a kept-alive connection), and its body
+    # within this long of its headers; else 408 and the connection is closed.
+    request_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Open connections at most; one more is answered 503 and closed at once.
+    max_connections: int = Field(default=1000, gt=0)
 
     @field_validator("listen")
     @classmethod
@@ -86,6 +100,9 @@ class DatabaseConfig(_Strict):
     # NORMAL survives a process crash in WAL mode; FULL also survives power loss.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     pool_size: int = Field(default=10, gt=0)
+    # At start, how long to wait for PostgreSQL to answer (retrying with backoff, one
+    # log line per try) before giving up with exit code 2; 0: one try. SQLite: one try.
+    connect_timeout_seconds: float = Field(default=60.0, ge=0)
 
     @field_validator("url")
     @classmethod
@@ -582,6 +599,233 @@ class LoggingConfig(_Strict):
     format: Literal["json", "console"] = "json"
 
 
+# -- ITSM suite connectors ------------------------------------------------------------
+#
+# Each connector mirrors incidents into one ITSM suite (ServiceNow, Jira Service
+# Management, or a generic JSON tool) through the outbox, and takes the suite's updates
+# back at POST /api/v1/connectors/{name}/updates. Templates render in a Jinja2 sandbox
+# with `incident`, `event`, `ci` and `note` (the event said in one line).
+
+ConnectorAction = Literal["acknowledge", "resolve", "reopen"]
+CONNECTOR_TEMPLATE_ROOTS = frozenset({"incident", "event", "ci", "note"})
+
+
+def _connector_template(value: str) -> str:
+    """A template a connector renders: it must compile and name only known variables."""
+    from jinja2 import TemplateSyntaxError, meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment()
+    try:
+        ast = env.parse(value)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+    unknown = meta.find_undeclared_variables(ast) - CONNECTOR_TEMPLATE_ROOTS - set(env.globals)
+    if unknown:
+        raise ValueError(f"unknown template variable {', '.join(sorted(unknown))} (use "
+                         f"{', '.join(sorted(CONNECTOR_TEMPLATE_ROOTS))})")
+    return value
+
+
+ConnectorTemplate = Annotated[str, AfterValidator(_connector_template)]
+
+
+def _templates_in(value: Any) -> Any:
+    """Every string inside a JSON value is a template."""
+    if isinstance(value, str):
+        _connector_template(value)
+    elif isinstance(value, list):
+        for item in value:
+            _templates_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _templates_in(item)
+    return value
+
+
+class ConnectorBasicAuth(_Strict):
+    username: str = Field(min_length=1)
+    password: SecretRef  # ServiceNow: the user's password; Jira Cloud: an API token
+
+
+class ConnectorAuth(_Strict):
+    """How incidentd signs in to the suite: basic auth, or a bearer (OAuth) token."""
+
+    basic: ConnectorBasicAuth | None = None
+    bearer: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ConnectorAuth:
+        if (self.basic is None) == (self.bearer is None):
+            raise ValueError("give exactly one of basic or bearer")
+        return self
+
+
+class ConnectorInbound(_Strict):
+    """Who may post the suite's updates to POST /api/v1/connectors/{name}/updates.
+
+    Any one matching credential admits a request. `hmac` defaults by type: ServiceNow
+    `X-Incidentd-Signature: <base64>` (what GlideCertificateEncryption.generateMac
+    gives), Jira `X-Hub-Signature: sha256=<hex>` (Jira Cloud's webhook secret), generic
+    `X-Incidentd-Signature: v1=<hex>` (like our inbound webhook).
+    """
+
+    basic: list[BasicCredential] = Field(default_factory=list)
+    bearer_tokens: list[SecretRef] = Field(default_factory=list)
+    hmac: HmacConfig | None = None
+    # Updates made by these suite users (the integration's own account) are ignored:
+    # a change incidentd made itself must not come back as a person's change.
+    ignore_users: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+
+class _ConnectorCommon(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    url: str
+    # Which events reach the suite, like a notification target's routes; the first event
+    # that reaches it for an incident opens its ticket.
+    routes: list[NotificationRoute] = Field(default_factory=lambda: [NotificationRoute()])
+    rate_limit_per_minute: int = Field(default=60, gt=0)
+    inbound: ConnectorInbound = ConnectorInbound()
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # A suite's changes are made by actor `<name>:<user>`; `runbook:` means automation.
+        if value in ("runbook", "incidentd"):
+            raise ValueError(f"{value!r} is reserved")
+        return value
+
+
+def _default_impact_urgency() -> dict[PriorityName, tuple[int, int]]:
+    # ServiceNow's default priority lookup: impact 1 with urgency 1 is its priority 1, ...
+    return {"P1": (1, 1), "P2": (1, 2), "P3": (2, 2), "P4": (2, 3), "P5": (3, 3)}
+
+
+class ServiceNowStates(_Strict):
+    """The incident `state` values incidentd sets (ServiceNow's defaults)."""
+
+    acknowledge: str = "2"  # In Progress
+    resolve: str = "6"  # Resolved
+    reopen: str = "1"  # New (or "2": In Progress)
+
+
+def _default_servicenow_inbound() -> dict[str, ConnectorAction]:
+    return {"2": "acknowledge", "6": "resolve", "7": "resolve", "1": "reopen"}
+
+
+class ServiceNowMapping(_Strict):
+    table: str = Field(default="incident", pattern=r"^[a-z0-9_]+$")
+    short_description: ConnectorTemplate = "[{{ incident.key }}] {{ incident.title }}"
+    description: ConnectorTemplate = (
+        "{{ incident.title }}\n\nOpened by incidentd: {{ incident.url }}\n"
+        "Priority: {{ incident.priority }}, severity: {{ incident.severity }}\n"
+        "Root-cause CI: {{ incident.root_cause_ci or 'unknown' }}")
+    work_note: ConnectorTemplate = "[incidentd] {{ note }}"
+    close_code: str = "Solution provided"
+    close_notes: ConnectorTemplate = "Resolved in incidentd: {{ note }}"
+    # Our priority → (impact, urgency); ServiceNow computes its priority from them.
+    impact_urgency: dict[PriorityName, tuple[int, int]] = Field(
+        default_factory=_default_impact_urgency)
+    # The root-cause CI → `cmdb_ci`: our CI's `name` (or `id`) looked up in this column.
+    ci_match: Literal["name", "id"] = "name"
+    ci_lookup_field: str = Field(default="name", pattern=r"^[a-z0-9_.]+$")
+    # `assignment_group` from the CI's owner group, looked up in sys_user_group by name.
+    assignment_group_from_ci: bool = True
+    default_assignment_group: str | None = None
+    states: ServiceNowStates = ServiceNowStates()
+    # More fields set on create (templates), e.g. caller_id, category, contact_type.
+    fields: dict[str, ConnectorTemplate] = Field(default_factory=dict)
+    # Inbound: the suite's `state` value → what it does to the incident.
+    inbound_states: dict[str, ConnectorAction] = Field(
+        default_factory=_default_servicenow_inbound)
+
+
+class ServiceNowConnector(_ConnectorCommon):
+    type: Literal["servicenow"]
+    auth: ConnectorAuth
+    mapping: ServiceNowMapping = ServiceNowMapping()
+
+
+def _default_jira_priorities() -> dict[PriorityName, str]:
+    return {"P1": "Highest", "P2": "High", "P3": "Medium", "P4": "Low", "P5": "Lowest"}
+
+
+def _default_jira_transitions() -> dict[ConnectorAction, list[str]]:
+    return {"acknowledge": ["In Progress", "Start Progress"],
+            "resolve": ["Resolve", "Resolved", "Done", "Close"],
+            "reopen": ["Reopen", "Reopened", "To Do", "Open"]}
+
+
+def _default_jira_inbound() -> dict[str, ConnectorAction]:
+    return {"In Progress": "acknowledge", "Resolved": "resolve", "Done": "resolve",
+            "Closed": "resolve", "Reopened": "reopen"}
+
+
+class JiraMapping(_Strict):
+    project: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    issue_type: str = "Task"
+    summary: ConnectorTemplate = "[{{ incident.key }}] {{ incident.title }}"
+    description: ConnectorTemplate = (
+        "{{ incident.title }}\n\nOpened by incidentd: {{ incident.url }}\n"
+        "Priority: {{ incident.priority }}, severity: {{ incident.severity }}\n"
+        "Root-cause CI: {{ incident.root_cause_ci or 'unknown' }}")
+    comment: ConnectorTemplate = "[incidentd] {{ note }}"
+    # Our priority → a Jira priority name (none: the field is left out).
+    priorities: dict[PriorityName, str] = Field(default_factory=_default_jira_priorities)
+    labels: list[str] = Field(default_factory=lambda: ["incidentd"])
+    # The label that names the incident (`incidentd-INC-000123`): how a retried create
+    # finds the issue it made before.
+    key_label_prefix: str = Field(default="incidentd-", pattern=r"^[A-Za-z0-9_.-]*$")
+    # Transition names tried in order, on acknowledge / resolve / reopen.
+    transitions: dict[ConnectorAction, list[str]] = Field(
+        default_factory=_default_jira_transitions)
+    # More fields on create (strings are templates), e.g. {"components": [{"name": "db"}]}.
+    fields: dict[str, Any] = Field(default_factory=dict)
+    # Inbound: a status the issue moved to → what it does to the incident.
+    inbound_statuses: dict[str, ConnectorAction] = Field(default_factory=_default_jira_inbound)
+
+    @field_validator("labels")
+    @classmethod
+    def _label_chars(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not v or any(c.isspace() for c in v)]
+        if bad:
+            raise ValueError(f"Jira labels cannot be empty or hold spaces: {bad}")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _field_templates(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return dict(_templates_in(value))
+
+
+class JiraConnector(_ConnectorCommon):
+    type: Literal["jira"]
+    auth: ConnectorAuth
+    mapping: JiraMapping
+
+
+class GenericConnector(_ConnectorCommon):
+    """The notification envelope POSTed to `url` (signed like a webhook target); a JSON
+    answer `{"id": ...}` names the ticket the tool made."""
+
+    type: Literal["generic"]
+    secrets: list[SecretRef] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: ConnectorAuth | None = None
+
+
+ConnectorConfig = Annotated[ServiceNowConnector | JiraConnector | GenericConnector,
+                            Field(discriminator="type")]
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -599,6 +843,18 @@ class Config(_Strict):
     notifications: NotificationsConfig = NotificationsConfig()
     runbooks: RunbooksConfig = RunbooksConfig()
     logging: LoggingConfig = LoggingConfig()
+    # ITSM suites kept in step with incidents (ServiceNow, Jira, generic).
+    connectors: list[ConnectorConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_connectors(self) -> Config:
+        # One namespace: a connector is a delivery target like a notification target.
+        names = [t.name for t in self.notifications.targets] + [c.name for c in self.connectors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError("connector names must be unique among connectors and "
+                             f"notification targets; repeated: {', '.join(dupes)}")
+        return self
 
     @model_validator(mode="after")
     def _unique_integrations(self) -> Config:

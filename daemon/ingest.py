@@ -31,7 +31,7 @@ from daemon.correlation.flapping import FlapDetector
 from daemon.correlation.topology import TopologyHolder
 from daemon.errors import Overloaded
 from daemon.itsm import impact, incidents
-from daemon.itsm.followup import Effects, FollowUp
+from daemon.itsm.followup import Effects, FollowUp, Policies
 from daemon.itsm.impact import SeverityRaised
 from daemon.itsm.incidents import Transition
 from daemon.itsm.maintenance import Maintenance, Suppressed
@@ -68,60 +68,76 @@ class BatchResult:
     final: dict[int, IncidentState] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stages:
+    """The configured stages of the pipeline; a configuration reload replaces them whole."""
+
+    binder: Binder
+    correlator: Correlator
+    flapping: FlapDetector
+    maintenance: Maintenance
+    priorities: PriorityMatrix
+    reopen_window_seconds: int
+
+
 class Pipeline:
     """bind → dedup → flapping → maintenance → correlation → incidents → impact →
     follow-up (problems, suspected changes, SLA clocks, escalation), in the caller's
     transaction."""
 
-    def __init__(self, *, binder: Binder, correlator: Correlator, flapping: FlapDetector,
-                 maintenance: Maintenance, priorities: PriorityMatrix,
-                 topology: TopologyHolder, followup: FollowUp, clock: Clock,
-                 reopen_window_seconds: int) -> None:
-        self._maintenance = maintenance
+    def __init__(self, *, stages: Stages, topology: TopologyHolder, followup: FollowUp,
+                 clock: Clock) -> None:
+        self._stages = stages
         self._followup = followup
-        self._priorities = priorities
-        self._reopen_window = reopen_window_seconds
-        self._binder = binder
-        self._correlator = correlator
-        self._flapping = flapping
         self._topology = topology
         self._clock = clock
 
+    @property
+    def stages(self) -> Stages:
+        return self._stages
+
+    def reconfigure(self, stages: Stages) -> None:
+        """A configuration reload. A batch reads the stages (and the follow-up's
+        policies) once, at its start: it runs wholly under the old or the new ones."""
+        self._stages = stages
+
     async def process(self, conn: AsyncConnection, batch: Sequence[AlertEvent]) -> BatchResult:
+        stages, policies = self._stages, self._followup.policies
         await serialize_correlation(conn)
         now = self._clock.now()
         result = BatchResult()
         result.received.update(
             (e.source, e.status.value if isinstance(e, Alert) else "acknowledge") for e in batch
         )
-        for group in dedup.rounds(self._binder.bind(batch)):
+        for group in dedup.rounds(stages.binder.bind(batch)):
             outcome = await dedup.apply(conn, group, now)
             result.processed.update((a.source, Outcome.DUPLICATE) for a in outcome.repeated)
-            await self._place(conn, outcome.new, now, result)
+            await self._place(conn, stages, outcome.new, now, result)
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
             result.transitions += await incidents.acknowledge_from_sources(
                 conn, outcome.acknowledged, now
             )
-        await self._follow_up(conn, result, now)
+        await self._follow_up(conn, policies, result, now)
         return result
 
     async def release_maintenance(self, conn: AsyncConnection) -> BatchResult:
         """Alerts still firing when their maintenance window ended get incidents now.
 
         They were counted (as suppressed) when they arrived: not again here."""
+        stages, policies = self._stages, self._followup.policies
         await serialize_correlation(conn)
         now = self._clock.now()
         result = BatchResult()
-        released = await self._maintenance.release(conn, now)
-        await self._place(conn, released, now, result)
+        released = await stages.maintenance.release(conn, now)
+        await self._place(conn, stages, released, now, result)
         result.processed.clear()
-        await self._follow_up(conn, result, now)
+        await self._follow_up(conn, policies, result, now)
         return result
 
-    async def _follow_up(self, conn: AsyncConnection, result: BatchResult, now: datetime
-                         ) -> None:
+    async def _follow_up(self, conn: AsyncConnection, policies: Policies, result: BatchResult,
+                         now: datetime) -> None:
         changed = result.touched | {t.incident.id for t in result.transitions}
-        result.effects = await self._followup.after(conn, changed, now)
+        result.effects = await self._followup.after(conn, changed, now, policies=policies)
         # One read of where the changed incidents ended up: an incident opened in this
         # batch is counted under the priority correlation gave it, not the none it was
         # inserted with.
@@ -132,21 +148,22 @@ class Pipeline:
             for t in result.transitions
         ]
 
-    async def _place(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime,
-                     result: BatchResult) -> None:
+    async def _place(self, conn: AsyncConnection, stages: Stages, new: Sequence[Placed],
+                     now: datetime, result: BatchResult) -> None:
         """Put new alerts into incidents: flapping ones back where they were, alerts
         under a maintenance window nowhere, the rest where correlation says; then work
         out root cause and impact again."""
         if not new:
             return
-        lookback = max(self._flapping.window, timedelta(seconds=self._reopen_window))
+        reopen_window = stages.reopen_window_seconds
+        lookback = max(stages.flapping.window, timedelta(seconds=reopen_window))
         earlier = await alert_store.earlier_firings(conn, new, since=now - lookback)
-        split = await self._flapping.split(conn, new, now, earlier)
-        suppressed, steady = await self._maintenance.split(conn, split.steady, now)
+        split = await stages.flapping.split(conn, new, now, earlier)
+        suppressed, steady = await stages.maintenance.split(conn, split.steady, now)
         result.suppressed += len(suppressed)
         reopened, back, steady = await incidents.reopen_for_alerts(
-            conn, steady, now, window_seconds=self._reopen_window, earlier=earlier)
-        plan = await self._correlator.correlate(conn, steady, now)
+            conn, steady, now, window_seconds=reopen_window, earlier=earlier)
+        plan = await stages.correlator.correlate(conn, steady, now)
         _count_outcomes(result, new, suppressed, plan)
         opened = await incidents.open_incidents(conn, plan.opens, now)
         await incidents.attach_alerts(conn, plan.joins, now)
@@ -157,7 +174,7 @@ class Pipeline:
         touched |= set(back)
         touched |= {into for _, into in plan.merges}
         result.raised += await impact.refresh(conn, self._topology.current, touched, now,
-                                              priorities=self._priorities)
+                                              priorities=stages.priorities)
         result.transitions += reopened + opened + merged
         result.touched |= touched
 
@@ -189,6 +206,10 @@ async def serialize_correlation(conn: AsyncConnection) -> None:
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INGEST_LOCK})
+
+
+# Tries at getting a database connection before a batch is refused (PostgreSQL).
+_CONNECT_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -243,9 +264,10 @@ class IngestWriter:
         try:
             # Shielded: a client that hangs up must not cancel a commit others share.
             await asyncio.shield(pending.done)
-        except StoreUnavailable as err:
+        except StoreUnavailable:
+            # The reason is in the writer's log line; a client only learns to come back.
             raise Overloaded(
-                f"database unavailable: {err}", retry_after=self._retry_after,
+                "database unavailable; retry later", retry_after=self._retry_after,
                 status=overload_status, reason="store_unavailable",
             ) from None
 
@@ -290,10 +312,18 @@ class IngestWriter:
         batch = [a for p in taken for a in p.alerts]
         started = time.perf_counter()
         try:
-            async with self._store.write() as conn:
+            # Only getting the connection is retried (briefly: a pooled connection
+            # replaced after a database restart). Once the batch's statements are
+            # sent, a failure fails the batch and every request in it gets 503/429,
+            # even if the failure hit the COMMIT and the outcome is unknown: retrying
+            # here could not tell a lost commit from a landed one. The sender's own
+            # retry is safe either way: the dedup upsert finds an alert that did land
+            # firing and counts an occurrence, it never stores it twice.
+            async with self._store.write(connect_attempts=_CONNECT_ATTEMPTS) as conn:
                 result = await self._pipeline.process(conn, batch)
         except StoreUnavailable as err:
-            log.warning("store unavailable; alerts refused", reason=str(err), alerts=len(batch))
+            log.warning("store unavailable; alerts refused", reason=str(err), alerts=len(batch),
+                        requests=len(taken))
             _fail(taken, err)
             return
         except Exception as err:

@@ -8,6 +8,11 @@ and the lock with it, and another replica takes it at its next try (every
 `TRY_SECONDS`). The jobs also claim their rows with `FOR UPDATE SKIP LOCKED`, so
 a moment with two leaders doubles nothing.
 
+When the database restarts or the network cuts the lock's connection, the lock
+is gone: the leader stops leading the moment asyncpg reports the connection
+closed (or at its next check, which a silent database fails by timing out), and
+competes again like any replica until the database is back.
+
 On SQLite there is one node: a second daemon on the same database file is
 refused at start with a clear error (an exclusive lock on `<file>.lock`).
 """
@@ -19,7 +24,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import sqlalchemy as sa
 import structlog
@@ -33,6 +38,9 @@ log = structlog.get_logger("incidentd.leader")
 # "incidentd" in ASCII, as a bigint: the advisory lock every replica competes for.
 LOCK_KEY = 0x696E636964656E74
 TRY_SECONDS = 5.0
+# A connect or check slower than this counts as a lost connection: a database that
+# stopped answering guarantees no lock to rely on.
+CHECK_TIMEOUT_SECONDS = 5.0
 
 
 class Leadership:
@@ -44,6 +52,10 @@ class Leadership:
         self._lock_file: IO[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None
+        # The asyncpg connection under `_conn`, watched for its end; None once it ended.
+        self._driver: Any = None
+        self._lost = asyncio.Event()
+        self._failures = 0
         self._stopping = False
 
     @property
@@ -57,7 +69,8 @@ class Leadership:
             self._leader = True
             return
         # Its own engine and connection: the lock must not go back to a shared pool.
-        self._engine = create_async_engine(self._url, poolclass=sa.pool.NullPool)
+        self._engine = create_async_engine(self._url, poolclass=sa.pool.NullPool,
+                                           connect_args={"timeout": CHECK_TIMEOUT_SECONDS})
         await self._try_once()
         self._task = asyncio.create_task(self._compete(), name="leadership")
 
@@ -68,7 +81,7 @@ class Leadership:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._drop_connection()
+        await self._drop_connection(graceful=True)
         if not self._sqlite:
             await self._engine.dispose()
         if self._lock_file is not None:
@@ -79,35 +92,90 @@ class Leadership:
 
     async def _compete(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self._try)
+            # Woken early when the lock's connection ends: stop leading at once and
+            # try to get it back, instead of at the next periodic check.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), self._try)
+            self._lost.clear()
             await self._try_once()
 
     async def _try_once(self) -> None:
+        """Keep (or try to take) the lock; any failure means: not the leader now.
+
+        Never raises: the database being away is this loop's normal weather."""
         try:
-            if self._conn is None:
-                conn = await self._engine.connect()
-                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if self._leader:  # still connected means still holding it
-                await self._conn.execute(sa.text("SELECT 1"))
-                return
-            got = (await self._conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
-                                            {"key": LOCK_KEY})).scalar()
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                got = await self._check()
         except Exception as err:  # the database is away: no leader here until it is back
-            if self._leader:
-                log.warning("leadership lost: database connection failed",
-                            reason=type(err).__name__)
-            self._leader = False
-            await self._drop_connection()
+            await self._failed(err)
             return
-        if got:
+        if self._failures:
+            log.info("leadership: database reachable again", failed_tries=self._failures)
+            self._failures = 0
+        if got and not self._leader:
             self._leader = True
             log.info("leadership acquired: this replica runs the timers")
 
-    async def _drop_connection(self) -> None:
+    async def _check(self) -> bool:
+        """True while this replica holds the lock (still connected means still holding)."""
+        if self._conn is not None and self._driver is None:
+            await self._drop_connection(graceful=False)  # it ended under us
+        if self._conn is None:
+            conn = await self._engine.connect()
+            self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await self._watch(self._conn)
+        if self._leader:
+            await self._conn.execute(sa.text("SELECT 1"))
+            return True
+        got = (await self._conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
+                                        {"key": LOCK_KEY})).scalar()
+        return bool(got)
+
+    async def _watch(self, conn: AsyncConnection) -> None:
+        """Be told the moment the lock's connection closes (asyncpg's termination
+        listener): the server restarted or the network cut it, and the lock is gone."""
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        self._driver = driver
+        if driver is not None and hasattr(driver, "add_termination_listener"):
+            driver.add_termination_listener(self._terminated)
+
+    def _terminated(self, driver: object) -> None:
+        if driver is not self._driver or self._stopping:
+            return  # we closed it ourselves
+        self._driver = None
+        if self._leader:
+            self._leader = False
+            log.warning("leadership lost: the database connection closed; trying again",
+                        every_seconds=self._try)
+        self._lost.set()
+
+    async def _failed(self, err: BaseException) -> None:
+        self._failures += 1
+        if self._leader:
+            log.warning("leadership lost: database connection failed; trying again",
+                        reason=type(err).__name__, every_seconds=self._try)
+        elif self._failures == 1:
+            log.warning("leadership: database unreachable; trying again",
+                        reason=type(err).__name__, every_seconds=self._try)
+        self._leader = False
+        await self._drop_connection(graceful=False)
+
+    async def _drop_connection(self, *, graceful: bool) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        self._driver = None  # from here on its end is ours, not news
+        if conn is None:
+            return
+        if graceful:
             with contextlib.suppress(Exception):
-                await conn.close()
+                async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                    await conn.close()
+                    return
+        # A dead or stuck connection: drop the socket without waiting for an answer.
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
 
     # -- SQLite ------------------------------------------------------------------
 

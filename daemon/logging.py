@@ -24,6 +24,26 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+# The level of each logger method; `set_level` moves the bar while the daemon runs.
+_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                  "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+                  "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+_threshold = {"level": logging.INFO}
+
+
+def _gate(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # A processor, not a filtering logger class: loggers cache their class on first
+    # use, so only this can follow a level changed by a configuration reload.
+    if _METHOD_LEVELS.get(method, logging.INFO) < _threshold["level"]:
+        raise structlog.DropEvent
+    return event
+
+
+def set_level(level: str) -> None:
+    """The level from now on, for every logger (a configuration reload)."""
+    _threshold["level"] = logging.getLevelNamesMapping()[level.upper()]
+
+
 def _dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -40,11 +60,10 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
+    set_level(level)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[_gate, *shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

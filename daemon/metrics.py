@@ -193,6 +193,18 @@ INGEST_QUEUED = Gauge(
     "Alerts waiting for the ingest writer.",
     registry=REGISTRY,
 )
+# Named like Prometheus' and Alertmanager's own, so the same alert rule fits all three.
+CONFIG_RELOAD_SUCCESSFUL = Gauge(
+    "incidentd_config_last_reload_successful",
+    "Whether the last configuration reload (SIGHUP or POST /-/reload) succeeded (1) or was"
+    " refused, keeping the running configuration (0).",
+    registry=REGISTRY,
+)
+CONFIG_RELOAD_SUCCESS_TIME = Gauge(
+    "incidentd_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful configuration load (the start, or a reload).",
+    registry=REGISTRY,
+)
 
 # Series that exist from the start, at 0: `rate()` and ratios over them return data
 # (not "no data") on a quiet daemon, and a gauge reads 0 rather than disappearing.

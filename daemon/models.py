@@ -186,6 +186,7 @@ class TimelineKind(enum.StrEnum):
     RUNBOOK_SUCCEEDED = "runbook_succeeded"
     RUNBOOK_FAILED = "runbook_failed"  # also denied, expired, interrupted, skipped
     RUNBOOK_NOTIFY = "runbook_notify"
+    NOTE = "note"  # a comment or re-assignment made in an ITSM suite
 
 
 SYSTEM_ACTOR = "incidentd"

@@ -44,6 +44,12 @@ class Jobs:
         self._pipeline = pipeline
         self._running: set[asyncio.Task[object]] = set()
         self._closing = False
+        self._store_down: set[str] = set()  # jobs whose last run met no database
+
+    def reconfigure(self, config: Config) -> None:
+        """A configuration reload: jobs read `config` from their next run on (see
+        `reschedule` for their intervals)."""
+        self._config = config
 
     async def drain(self) -> None:
         """Start nothing new and wait for running jobs, before the store closes under them."""
@@ -81,12 +87,20 @@ class Jobs:
         assert task is not None
         self._running.add(task)
         try:
-            return await job()
+            done = await job()
         except StoreUnavailable as err:
-            log.warning(f"store unavailable; {what} later", reason=str(err))
+            # The database is away: the next run tries again. Said once per outage and
+            # job, not at every run of a job due every fraction of a second.
+            if what not in self._store_down:
+                log.warning(f"store unavailable; {what} later", reason=str(err))
+            self._store_down.add(what)
             return 0
         finally:
             self._running.discard(task)
+        if what in self._store_down:
+            self._store_down.discard(what)
+            log.info(f"store reachable again; {what} again")
+        return done
 
     async def _close_quiet(self) -> int:
         now = self._clock.now()
@@ -146,20 +160,44 @@ class Jobs:
         return len(result.transitions)
 
 
+def _intervals(config: Config) -> dict[str, float]:
+    """Seconds between runs of each job."""
+    return {
+        "close-quiet-incidents": 60.0,
+        "sla-clocks": config.sla.check_interval_seconds,
+        "escalation": config.escalation.check_interval_seconds,
+        "maintenance-windows": config.changes.check_interval_seconds,
+        "runbook-approvals": 30.0,
+        "gauges": GAUGE_REFRESH_SECONDS,
+    }
+
+
 def start_scheduler(jobs: Jobs, config: Config) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
     now = datetime.now(UTC)
+    intervals = _intervals(config)
     every = {
-        "close-quiet-incidents": (jobs.close_quiet_incidents, 60.0),
-        "sla-clocks": (jobs.check_sla, config.sla.check_interval_seconds),
-        "escalation": (jobs.escalate_unacknowledged, config.escalation.check_interval_seconds),
-        "maintenance-windows": (jobs.release_maintenance, config.changes.check_interval_seconds),
-        "runbook-approvals": (jobs.expire_approvals, 30.0),
-        "gauges": (jobs.refresh_gauges, GAUGE_REFRESH_SECONDS),
+        "close-quiet-incidents": jobs.close_quiet_incidents,
+        "sla-clocks": jobs.check_sla,
+        "escalation": jobs.escalate_unacknowledged,
+        "maintenance-windows": jobs.release_maintenance,
+        "runbook-approvals": jobs.expire_approvals,
+        "gauges": jobs.refresh_gauges,
     }
-    for job_id, (job, seconds) in every.items():
+    for job_id, job in every.items():
+        seconds = intervals[job_id]
         # The first run comes at once, catching up on what fell due during downtime.
         scheduler.add_job(job, "interval", seconds=seconds, id=job_id, coalesce=True,
                           max_instances=1, next_run_time=now)
     scheduler.start()
     return scheduler
+
+
+def reschedule(scheduler: AsyncIOScheduler, old: Config, new: Config) -> list[str]:
+    """A configuration reload: jobs whose interval changed run at the new one, the next
+    run one new interval from now. Returns their ids."""
+    before, after = _intervals(old), _intervals(new)
+    changed = [job_id for job_id in after if after[job_id] != before[job_id]]
+    for job_id in changed:
+        scheduler.reschedule_job(job_id, trigger="interval", seconds=after[job_id])
+    return changed

@@ -1,6 +1,9 @@
-"""The admin API token guard for `/api/v1/*` (alert ingest has its own per-integration auth)."""
+"""The admin API token guard for `/api/v1/*` and `/-/reload` (alert ingest has its own
+per-integration auth)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -10,39 +13,73 @@ from daemon.errors import Forbidden
 from daemon.receivers.auth import Credentials
 
 _PROTECTED_PREFIX = "/api/v1/"
+# Outside /api/v1/ but admin-only all the same (Prometheus' and Alertmanager's name).
+_ADMIN_PATHS = frozenset({"/-/reload"})
 
 
 # Signed by their senders instead (Slack's signing secret, the inbound webhook's
 # HMAC); `/actions/{token}` links are outside /api/ and carry their own signature.
 _SIGNED = ("/api/v1/integrations/slack/actions", "/api/v1/webhooks/actions")
+# ITSM suites post their updates with each connector's own credentials.
+_CONNECTOR_UPDATES = ("/api/v1/connectors/", "/updates")
 
 
 def _is_ingest(request: web.Request) -> bool:
     """Alert ingestion authenticates per integration, not with the admin token;
-    chat buttons and bots sign their requests."""
+    chat buttons, bots and ITSM suites sign their requests."""
     path = request.path
     return request.method == "POST" and (
         path == "/api/v1/alerts" or path.startswith("/api/v1/alerts/") or path in _SIGNED
+        or (path.startswith(_CONNECTOR_UPDATES[0]) and path.endswith(_CONNECTOR_UPDATES[1])
+            and path.count("/") == 5)
     )
 
 
 _READS = ("GET", "HEAD")
 
 
+@dataclass(frozen=True, slots=True)
+class ApiAccess:
+    """Who may use the API: admin tokens, read-only tokens, and whether /metrics needs one."""
+
+    admin: Credentials
+    read_only: Credentials | None = None
+    protect_metrics: bool = False
+
+
+class ApiGuard:
+    """The token guard; a configuration reload replaces its `access` whole."""
+
+    def __init__(self, access: ApiAccess) -> None:
+        self.access = access
+
+    def reconfigure(self, access: ApiAccess) -> None:
+        self.access = access
+
+    def middleware(self) -> Middleware:
+        """Admin tokens open everything; read-only tokens open reads (GET) only."""
+
+        @web.middleware
+        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            access = self.access  # read once: a request is judged by one configuration
+            if _guarded(request, access.protect_metrics):
+                _admit(request, access.admin, access.read_only)
+            return await handler(request)
+
+        return guard
+
+
 def api_token_middleware(admin: Credentials, read_only: Credentials | None = None, *,
                          protect_metrics: bool = False) -> Middleware:
-    """Admin tokens open everything; read-only tokens open reads (GET) only."""
+    """A guard whose tokens never change (tests, tools)."""
+    return ApiGuard(ApiAccess(admin, read_only, protect_metrics)).middleware()
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        guarded = (path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request)
-                   and path != "/api/v1/openapi.json") or (protect_metrics and path == "/metrics")
-        if guarded:
-            _admit(request, admin, read_only)
-        return await handler(request)
 
-    return guard
+def _guarded(request: web.Request, protect_metrics: bool) -> bool:
+    path = request.path
+    return ((path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request)
+             and path != "/api/v1/openapi.json")
+            or path in _ADMIN_PATHS or (protect_metrics and path == "/metrics"))
 
 
 def _admit(request: web.Request, admin: Credentials, read_only: Credentials | None) -> None:

@@ -176,9 +176,10 @@ class ChangeRoutes:
 
 def _change_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    value = params.number(raw)
+    if value is None:
         raise NotFound(f"no change {raw!r}")
-    return int(raw)
+    return value
 
 
 def _states(raw: str | None) -> list[str] | None:

@@ -20,10 +20,10 @@ from aiohttp import web
 from daemon.api import params
 from daemon.api.pages import page
 from daemon.api.responses import json_response
-from daemon.errors import NotFound, UserError
+from daemon.errors import NotFound
 from daemon.itsm.cmdb import Cmdb, Format, ImportMode, parse_ci, parse_document
 from daemon.models import ConfigurationItem
-from daemon.receivers.endpoint import read_body
+from daemon.receivers.body import ANY, media_type_error, read_body
 from daemon.store import Store
 from daemon.store import cmdb as cmdb_store
 
@@ -40,11 +40,6 @@ _FORMATS: dict[str, Format] = {
     "text/x-yaml": "yaml",
 }
 _MODES: tuple[ImportMode, ...] = ("merge", "replace")
-
-
-class UnsupportedMediaType(UserError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def ci_json(ci: ConfigurationItem) -> dict[str, Any]:
@@ -118,9 +113,8 @@ class CmdbRoutes:
             raise params.bad("mode", "must be merge or replace")
         fmt = _FORMATS.get(request.content_type)
         if fmt is None:
-            raise UnsupportedMediaType(f"Content-Type {request.content_type} is not one of "
-                                       f"{', '.join(_FORMATS)}")
-        body = await read_body(request, IMPORT_BODY_LIMIT)
+            raise media_type_error(request.content_type, " or ".join(_FORMATS))
+        body = await read_body(request, IMPORT_BODY_LIMIT, accept=ANY)
         # Parsing a large document is CPU work; a thread keeps other requests moving.
         items = await asyncio.to_thread(parse_document, body, fmt)
         change = await self._cmdb.import_document(items, mode)

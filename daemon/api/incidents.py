@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.api import params
 from daemon.api.pages import page
@@ -27,6 +28,7 @@ from daemon.models import (
 from daemon.store import Store
 from daemon.store import alerts as alert_store
 from daemon.store import incidents as incident_store
+from daemon.store import tickets as ticket_store
 from daemon.store.incidents import alert_view
 
 _BODY_LIMIT = 64 * 1024
@@ -91,7 +93,7 @@ class IncidentRoutes:
                 before_id=params.cursor(q.get("cursor")),
             )
             shown, next_cursor = page(items, limit)
-            itsm = await self._followup.views(conn, [i.id for i in shown], self._clock.now())
+            itsm = await self._itsm(conn, [i.id for i in shown])
         return json_response({"items": [incident_json(i) | itsm[i.id] for i in shown],
                               "next_cursor": next_cursor})
 
@@ -147,13 +149,21 @@ class IncidentRoutes:
             items.append(item)
         return json_response({"items": items, "next_cursor": next_cursor})
 
+    async def _itsm(self, conn: AsyncConnection, ids: Sequence[int]
+                    ) -> dict[int, dict[str, Any]]:
+        """The ITSM parts of each incident's JSON, with the tickets ITSM suites keep."""
+        views = await self._followup.views(conn, ids, self._clock.now())
+        tickets = await ticket_store.of_incidents(conn, ids)
+        return {i: views[i] | {"external_tickets": [t.json() for t in tickets.get(i, [])]}
+                for i in ids}
+
     async def _detail(self, incident_id: int, extra: dict[str, Any] | None = None
                       ) -> web.Response:
         async with self._store.read() as conn:
             incident = await incident_store.get_incident(conn, incident_id)
             if incident is None:
                 raise NotFound(f"no incident {incident_key(incident_id)}")
-            itsm = await self._followup.views(conn, [incident_id], self._clock.now())
+            itsm = await self._itsm(conn, [incident_id])
         return json_response(incident_json(incident, detail=True) | itsm[incident_id]
                              | (extra or {}))
 

@@ -92,9 +92,10 @@ class NotificationRoutes:
 
 
 def _id(raw: str) -> int:
-    if not raw.isdigit():
+    value = params.number(raw)
+    if value is None:
         raise NotFound(f"no notification {raw!r}")
-    return int(raw)
+    return value
 
 
 def _state(raw: str | None) -> State | None:

@@ -30,7 +30,7 @@ from daemon.itsm.inbound_webhook import InboundVerifier, parse
 from daemon.itsm.incidents import Transition
 from daemon.itsm.slack import SlackClicks, SlackVerifier, parse_click
 from daemon.models import Incident, incident_key
-from daemon.receivers.endpoint import read_body
+from daemon.receivers.body import FORM, read_body
 from daemon.store import Store, StoreUnavailable
 from daemon.store import incidents as incident_store
 from daemon.store import runbooks as run_store
@@ -228,7 +228,7 @@ class OnCallRoutes:
 
     async def slack(self, request: web.Request) -> web.Response:
         """Answer Slack at once (it gives up after 3 s); move and update the message after."""
-        body = await read_body(request, _SLACK_BODY_LIMIT)
+        body = await read_body(request, _SLACK_BODY_LIMIT, accept=FORM)
         self._slack.verify(request.headers, body)
         click = parse_click(body)
         if click is None:  # a link button: nothing for us to do

@@ -9,11 +9,22 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from daemon.errors import InvalidInput, NotFound
-from daemon.receivers.endpoint import read_body
+from daemon.receivers.body import read_body
 from daemon.receivers.validation import invalid_input, reject_nul
 
-_KEY = re.compile(r"^INC-(\d+)$", re.IGNORECASE)
+_KEY = re.compile(r"^INC-([0-9]+)$", re.IGNORECASE)
 MAX_LIMIT = 500
+# Ids are 64-bit in the store; a larger number names nothing (and would overflow a bind).
+MAX_ID = 2**63 - 1
+
+
+def number(raw: str) -> int | None:
+    """`raw` as a whole number the store can hold, or None. ASCII digits only: `str.isdigit`
+    also takes `²` and `٣`, which are no ids."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= MAX_ID else None
 
 
 def bad(field: str, reason: str) -> InvalidInput:
@@ -23,40 +34,40 @@ def bad(field: str, reason: str) -> InvalidInput:
 def limit(raw: str | None, default: int = 50) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    value = number(raw)
+    if value is None or not 1 <= value <= MAX_LIMIT:
         raise bad("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
+    return value
 
 
 def cursor(raw: str | None) -> int | None:
     """Cursors are the id to continue below; opaque to clients."""
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
+    value = number(raw)
+    if value is None:
         raise bad("cursor", "not a cursor this API returned")
-    return int(raw)
+    return value
 
 
 def incident_id(raw: str) -> int:
     """Accept the numeric id or the key (`INC-000123`)."""
-    if raw.isdigit():
-        return int(raw)
     match = _KEY.match(raw)
-    if match:
-        return int(match.group(1))
-    raise NotFound(f"no incident {raw!r}")
+    value = number(match.group(1) if match else raw)
+    if value is None:
+        raise NotFound(f"no incident {raw!r}")
+    return value
 
 
 def incident_filter(raw: str | None) -> int | None:
     """An optional `incident` query parameter: id or key; absent or empty is None."""
     if not raw:
         return None
-    if raw.isdigit():
-        return int(raw)
     match = _KEY.match(raw)
-    if match is None:
+    value = number(match.group(1) if match else raw)
+    if value is None:
         raise bad("incident", "must be an incident id or key (INC-000123)")
-    return int(match.group(1))
+    return value
 
 
 _B = TypeVar("_B", bound=BaseModel)

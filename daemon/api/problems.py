@@ -28,8 +28,8 @@ from daemon.store import problems as problem_store
 from daemon.store.problems import Problem
 
 _BODY_LIMIT = 256 * 1024
-_KEY = re.compile(r"^PRB-(\d+)$", re.IGNORECASE)
-_INCIDENT_KEY = re.compile(r"^INC-(\d+)$", re.IGNORECASE)
+_KEY = re.compile(r"^PRB-([0-9]+)$", re.IGNORECASE)
+_INCIDENT_KEY = re.compile(r"^INC-([0-9]+)$", re.IGNORECASE)
 
 
 
@@ -124,12 +124,11 @@ class ProblemRoutes:
 
 def problem_id_of(raw: str) -> int:
     """Accept the numeric id or the key (`PRB-000042`)."""
-    if raw.isdigit():
-        return int(raw)
     match = _KEY.match(raw)
-    if match:
-        return int(match.group(1))
-    raise NotFound(f"no problem {raw!r}")
+    value = params.number(match.group(1) if match else raw)
+    if value is None:
+        raise NotFound(f"no problem {raw!r}")
+    return value
 
 
 def problem_json(p: Problem) -> dict[str, Any]:
@@ -165,14 +164,13 @@ async def _detail(conn: AsyncConnection, problem_id: int) -> dict[str, Any]:
 
 def _incident_id(raw: int | str, index: int) -> int:
     """An incident named in a body: its id or key."""
-    if isinstance(raw, int) and raw > 0:
+    if isinstance(raw, int) and 0 < raw <= params.MAX_ID:
         return raw
     if isinstance(raw, str):
-        if raw.isdigit():
-            return int(raw)
         match = _INCIDENT_KEY.match(raw)
-        if match:
-            return int(match.group(1))
+        value = params.number(match.group(1) if match else raw)
+        if value:
+            return value
     raise params.bad(f"incidents[{index}]", f"{raw!r} is not an incident id or INC- key")
 
 

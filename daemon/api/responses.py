@@ -33,6 +33,13 @@ def error_response(status: int, code: str, message: str, *,
     return json_response(body, status=status, headers=headers)
 
 
+_HEADERS = {
+    401: {"WWW-Authenticate": 'Bearer realm="incidentd"'},
+    # A body that did not arrive in time: the rest of it is not waited for.
+    408: {"Connection": "close"},
+}
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map typed outcomes to status codes; nothing else ever reaches a client as a trace."""
@@ -44,8 +51,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(err.status, err.code, err.message,
                               headers={"Retry-After": str(err.retry_after)})
     except UserError as err:
-        headers = {"WWW-Authenticate": 'Bearer realm="incidentd"'} if err.status == 401 else None
-        return error_response(err.status, err.code, err.message, headers=headers)
+        return error_response(err.status, err.code, err.message, headers=_HEADERS.get(err.status))
     except StoreUnavailable as err:
         log.warning("store unavailable", path=request.path, reason=str(err))
         return error_response(503, "store_unavailable", "database unavailable; retry later",

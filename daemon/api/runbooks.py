@@ -76,6 +76,10 @@ class RunbookRoutes:
         # `runbooks.dry_run` of the config: shown as each runbook's effective dry_run.
         self._dry_run_all = dry_run_all
 
+    def reconfigure(self, *, dry_run_all: bool) -> None:
+        """A configuration reload changed `runbooks.dry_run`."""
+        self._dry_run_all = dry_run_all
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/v1/runbooks", self.list_runbooks),
@@ -229,9 +233,10 @@ class RunbookRoutes:
 
 def _run_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    value = params.number(raw)
+    if value is None:
         raise NotFound(f"no runbook run {raw!r}")
-    return int(raw)
+    return value
 
 
 def _statuses(raw: str | None) -> list[str] | None:

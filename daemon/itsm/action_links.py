@@ -56,6 +56,11 @@ class ActionLinks:
         self._base = public_url.rstrip("/")
         self._clock = clock
 
+    def reconfigure(self, *, secret: str, ttl_seconds: int, public_url: str) -> None:
+        """A configuration reload (one assignment: no caller sees half of it)."""
+        self._key, self._ttl, self._base = (secret.encode(), timedelta(seconds=ttl_seconds),
+                                            public_url.rstrip("/"))
+
     def url(self, incident_id: int, action: str, person: str, run_id: int | None = None
             ) -> str:
         return f"{self._base}/actions/{self.token(incident_id, action, person, run_id)}"

@@ -22,12 +22,19 @@ class Actions:
         self._matrix = matrix
         self._followup = followup
 
-    async def move(self, incident_id: int, action: str, *, actor: str, note: str | None
-                   ) -> Transition:
-        """acknowledge, hold, resume, resolve, close or reopen; 409 when not allowed now."""
+    def reconfigure(self, matrix: PriorityMatrix) -> None:
+        """A configuration reload: priorities set by hand use this matrix from now on."""
+        self._matrix = matrix
+
+    async def move(self, incident_id: int, action: str, *, actor: str, note: str | None,
+                   origin: str | None = None) -> Transition:
+        """acknowledge, hold, resume, resolve, close or reopen; 409 when not allowed now.
+
+        `origin`: the ITSM connector the move came from (no event goes back to it)."""
         now = self._clock.now()
         async with self._store.write() as conn:
-            t = await incidents.move(conn, incident_id, action, actor=actor, note=note, now=now)
+            t = await incidents.move(conn, incident_id, action, actor=actor, note=note, now=now,
+                                     origin=origin)
             effects = await self._followup.after(conn, [incident_id], now)
         incidents.record_metrics([t])
         effects.record_metrics()

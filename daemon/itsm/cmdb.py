@@ -104,6 +104,10 @@ class Cmdb:
     def files(self) -> tuple[Path, ...]:
         return self._files
 
+    def use_files(self, files: Sequence[Path]) -> None:
+        """A configuration reload named these files: reloads read them from now on."""
+        self._files = tuple(files)
+
     async def load_from_store(self) -> int:
         """Build the topology from the store (at start); returns how many CIs it holds."""
         async with self._lock:

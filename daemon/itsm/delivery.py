@@ -40,6 +40,11 @@ the incoming-webhook URL (its answer is `200 ok`), or to
 `{"ok": false, "error": ...}` on failure: `ratelimited` is retried, any other
 error is dead. The incoming-webhook URL is a secret: it never reaches a log
 line or `last_error`, and neither does any other secret.
+
+ITSM connectors (`daemon.itsm.connectors`) are targets too: their rows are claimed,
+rate limited, retried and dead-lettered the same way, but delivered by the sync
+engine (find or create the suite's ticket, then update it) instead of one POST, and
+one incident's rows for one connector go in order (see `store.due`).
 """
 
 from __future__ import annotations
@@ -51,10 +56,10 @@ import email.utils
 import hashlib
 import hmac
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -66,11 +71,15 @@ from daemon import __version__, metrics
 from daemon.clock import Clock
 from daemon.config import NotificationsConfig, NotificationTarget, RetryConfig, SecretRef
 from daemon.itsm import slack_messages
+from daemon.itsm.connectors.base import ConnectorError
 from daemon.models import incident_key
 from daemon.secrets import resolve
-from daemon.store import Store
+from daemon.store import Store, StoreUnavailable
 from daemon.store import notifications as store
 from daemon.store.notifications import Notification, Outcome, State
+
+if TYPE_CHECKING:
+    from daemon.itsm.connectors.sync import ConnectorSync
 
 log = structlog.get_logger("incidentd.notify")
 
@@ -229,6 +238,11 @@ def signature(secrets: Sequence[bytes], body: bytes) -> str:
     return ",".join("v1=" + hmac.new(s, body, hashlib.sha256).hexdigest() for s in secrets)
 
 
+def build_targets(configs: Sequence[NotificationTarget]) -> dict[str, Target]:
+    """The targets with their secrets resolved (`ConfigError`: a secret file is unreadable)."""
+    return {t.name: Target(t) for t in configs}
+
+
 def _resolved(target: str, ref: SecretRef | None) -> str | None:
     if ref is None:
         return None
@@ -248,16 +262,34 @@ class _Claimed:
     target: Target
 
 
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """What the configuration says; a reload replaces it whole, and each pass reads it once."""
+
+    retry: RetryConfig
+    poll_seconds: float
+    targets: Mapping[str, Target]
+    wait: wait_exponential_jitter
+
+    @classmethod
+    def of(cls, config: NotificationsConfig, targets: Mapping[str, Target]) -> _Settings:
+        return cls(retry=config.retry, poll_seconds=config.poll_interval_seconds,
+                   targets=dict(targets), wait=backoff(config.retry))
+
+
 class Sender:
     """Delivers the outbox: a background loop, or one pass at a time (`run_once`)."""
 
-    def __init__(self, *, config: NotificationsConfig, store: Store, clock: Clock) -> None:
+    def __init__(self, *, config: NotificationsConfig, store: Store, clock: Clock,
+                 connectors: ConnectorSync | None = None) -> None:
         self._store = store
         self._clock = clock
-        self._retry = config.retry
-        self._poll = config.poll_interval_seconds
-        self._targets = {t.name: Target(t) for t in config.targets}
-        self._wait = backoff(config.retry)
+        self._settings = _Settings.of(config, build_targets(config.targets))
+        self._connectors = connectors
+        # A connector is claimed and rate limited as a target of its own name.
+        self._connector_targets = {c.name: Target(NotificationTarget(
+            name=c.name, type="webhook", url=c.url, routes=[],
+            rate_limit_per_minute=c.rate_limit_per_minute)) for c in connectors or ()}
         self._buckets: dict[str, TokenBucket] = {}
         self._session: aiohttp.ClientSession | None = None
         self._woken = asyncio.Event()
@@ -271,6 +303,20 @@ class Sender:
     def wake(self) -> None:
         self._woken.set()
 
+    def reconfigure(self, config: NotificationsConfig, targets: Mapping[str, Target]) -> None:
+        """A configuration reload: the next pass uses these targets, retry and poll settings;
+        the pass in flight finishes with the old ones. Rows of a removed target go dead
+        (visible, re-sendable) when they fall due."""
+        old = self._settings.targets
+        # A bucket goes with its target, and starts afresh when the target's limit changed;
+        # the connectors' buckets (not configured targets) stay.
+        self._buckets = {
+            name: bucket for name, bucket in self._buckets.items()
+            if name not in old or (name in targets and targets[name].config.rate_limit_per_minute
+                                   == old[name].config.rate_limit_per_minute)}
+        self._settings = _Settings.of(config, targets)
+        self._woken.set()
+
     async def stop(self) -> None:
         """Let the pass in flight finish (bounded by the delivery timeout), then return."""
         self._stopping = True
@@ -278,8 +324,8 @@ class Sender:
         task, self._task = self._task, None
         if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(task),
-                                       self._retry.timeout_seconds + LEASE_MARGIN_SECONDS)
+                await asyncio.wait_for(asyncio.shield(task), self._settings.retry.timeout_seconds
+                                       + LEASE_MARGIN_SECONDS)
             except TimeoutError:
                 # The leases of what it was delivering run out and those rows retry.
                 task.cancel()
@@ -293,12 +339,13 @@ class Sender:
         """Deliver what is due now; returns the number of delivery attempts made."""
         # A look on a reader first: an idle pass never takes SQLite's one write lock
         # away from the ingest writer.
+        settings = self._settings
         async with self._store.read() as conn:
             pending, due = await store.pending_and_due(conn, self._clock.now())
-        claimed = await self._claim() if due else []
+        claimed = await self._claim(settings) if due else []
         if claimed:
-            answers = await asyncio.gather(*(self._deliver(c) for c in claimed))
-            await self._record(list(zip(claimed, answers, strict=True)))
+            answers = await asyncio.gather(*(self._deliver(c, settings) for c in claimed))
+            await self._record(list(zip(claimed, answers, strict=True)), settings)
             async with self._store.read() as conn:
                 pending, _ = await store.pending_and_due(conn, self._clock.now())
         metrics.OUTBOX_PENDING.set(pending)
@@ -307,29 +354,41 @@ class Sender:
     # -- the loop ------------------------------------------------------------
 
     async def _loop(self) -> None:
+        store_down = False  # said once per outage, not once per pass
         while not self._stopping:
             self._woken.clear()
             try:
                 attempts = await self.run_once()
-            except Exception as err:  # the store is down, say: the next pass tries again
+            except StoreUnavailable as err:  # the database is away: the next pass tries again
+                if not store_down:
+                    log.warning("outbox: store unavailable; retrying each poll", reason=str(err))
+                store_down = True
+                attempts = 0
+            except Exception as err:  # a bug: the loop must outlive it
                 log.warning("outbox pass failed; retrying", reason=f"{type(err).__name__}")
                 attempts = 0
+            else:
+                if store_down:
+                    log.info("outbox: store reachable again; delivering")
+                store_down = False
             if attempts >= BATCH or self._stopping:
                 continue  # more may be due
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self._poll)
+                await asyncio.wait_for(self._woken.wait(), self._settings.poll_seconds)
 
     # -- claiming ------------------------------------------------------------
 
-    async def _claim(self) -> list[_Claimed]:
+    async def _claim(self, settings: _Settings) -> list[_Claimed]:
         now = self._clock.now()
-        lease = now + timedelta(seconds=self._retry.timeout_seconds + LEASE_MARGIN_SECONDS)
+        lease = now + timedelta(seconds=settings.retry.timeout_seconds + LEASE_MARGIN_SECONDS)
         claimed: list[_Claimed] = []
         gone: list[tuple[Notification, Outcome]] = []
         later: list[tuple[int, datetime]] = []
         async with self._store.write() as conn:
-            for row in await store.due(conn, now, limit=BATCH):
-                target = self._targets.get(row.target)
+            for row in await store.due(conn, now, limit=BATCH,
+                                       ordered=self._connector_targets.keys()):
+                target = (settings.targets.get(row.target)
+                          or self._connector_targets.get(row.target))
                 if target is None:
                     # Removed from the config: visible and re-sendable once it is back.
                     gone.append((row, _dead(row, None, f"target {row.target!r} is no longer "
@@ -357,12 +416,14 @@ class Sender:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._retry.timeout_seconds))
+            self._session = aiohttp.ClientSession()
         return self._session
 
-    async def _deliver(self, claimed: _Claimed) -> Answer:
+    async def _deliver(self, claimed: _Claimed, settings: _Settings) -> Answer:
+        if claimed.row.target in self._connector_targets:
+            return await self._sync(claimed.row, settings)
         target = claimed.target
+        timeout = settings.retry.timeout_seconds
         try:
             request = target.request(claimed.row)
         except (KeyError, TypeError, ValueError) as err:
@@ -374,45 +435,67 @@ class Sender:
             return Answer(delivered=False, retryable=False, error=request)
         url, body, headers = request
         try:
+            # The timeout per request: a reload may change it while the session lives on.
             async with self._client().post(url, data=body, headers=headers,
-                                           allow_redirects=False) as resp:
+                                           allow_redirects=False,
+                                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 text = (await _read(resp)).decode("utf-8", "replace")
                 after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
                 answer = classify(resp.status, retry_after=after, body=text)
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            return network_error(err, self._retry.timeout_seconds)
+            return network_error(err, timeout)
         if answer.delivered and target.slack_api:
             answer = _slack_api(answer, text)
         if answer.error:  # a target may echo what it was sent, secrets included
             answer = dataclasses.replace(answer, error=target.redact(answer.error))
         return answer
 
+    async def _sync(self, row: Notification, settings: _Settings) -> Answer:
+        """An ITSM connector's row: the sync engine, its failures as answers."""
+        assert self._connectors is not None
+        try:
+            await self._connectors.deliver(row, self._client(),
+                                           timeout=settings.retry.timeout_seconds)
+        except ConnectorError as err:
+            return Answer(delivered=False, retryable=err.retryable, status=err.status,
+                          error=err.message[:_ERROR_CHARS], retry_after=err.retry_after)
+        except StoreUnavailable:
+            return Answer(delivered=False, retryable=True, error="store unavailable")
+        except Exception as err:  # a bug: retried (and visible) rather than the pass lost
+            log.exception("connector delivery failed", target=row.target,
+                          notification_id=row.id)
+            return Answer(delivered=False, retryable=True,
+                          error=f"internal error ({type(err).__name__})")
+        return Answer(delivered=True, retryable=False)
+
     # -- recording -----------------------------------------------------------
 
-    async def _record(self, results: list[tuple[_Claimed, Answer]]) -> None:
+    async def _record(self, results: list[tuple[_Claimed, Answer]], settings: _Settings
+                      ) -> None:
         now = self._clock.now()
-        outcomes = [self._outcome(c.row, a, now) for c, a in results]
+        outcomes = [_outcome(c.row, a, now, settings) for c, a in results]
         async with self._store.write() as conn:
             await store.record(conn, outcomes, now)
         for (claimed, answer), outcome in zip(results, outcomes, strict=True):
             metrics.NOTIFICATIONS.labels(claimed.target.name, _label(outcome)).inc()
             _log(claimed.row, answer, outcome)
 
-    def _outcome(self, row: Notification, answer: Answer, now: datetime) -> Outcome:
-        attempts = row.attempts + 1
-        if answer.delivered:
-            return Outcome(id=row.id, state=State.DELIVERED, attempts=attempts,
-                           next_attempt_at=None, last_status=answer.status, last_error=None,
-                           delivered_at=now)
-        if not answer.retryable:
-            return _dead(row, answer.status, answer.error or "refused", attempts=attempts)
-        if attempts >= self._retry.max_attempts:
-            return _dead(row, answer.status, f"gave up after {attempts} attempts: "
-                                             f"{answer.error}", attempts=attempts)
-        wait = max(wait_after(self._wait, attempts), answer.retry_after or 0.0)
-        return Outcome(id=row.id, state=State.PENDING, attempts=attempts,
-                       next_attempt_at=now + timedelta(seconds=wait),
-                       last_status=answer.status, last_error=answer.error, delivered_at=None)
+
+def _outcome(row: Notification, answer: Answer, now: datetime, settings: _Settings) -> Outcome:
+    attempts = row.attempts + 1
+    if answer.delivered:
+        return Outcome(id=row.id, state=State.DELIVERED, attempts=attempts,
+                       next_attempt_at=None, last_status=answer.status, last_error=None,
+                       delivered_at=now)
+    if not answer.retryable:
+        return _dead(row, answer.status, answer.error or "refused", attempts=attempts)
+    if attempts >= settings.retry.max_attempts:
+        return _dead(row, answer.status, f"gave up after {attempts} attempts: "
+                                         f"{answer.error}", attempts=attempts)
+    wait = max(wait_after(settings.wait, attempts), answer.retry_after or 0.0)
+    return Outcome(id=row.id, state=State.PENDING, attempts=attempts,
+                   next_attempt_at=now + timedelta(seconds=wait),
+                   last_status=answer.status, last_error=answer.error, delivered_at=None)
 
 
 async def _read(resp: aiohttp.ClientResponse) -> bytes:

@@ -51,16 +51,36 @@ class Effects:
             self.wake_runs()
 
 
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The configured rules of the follow-up; a configuration reload replaces them whole."""
+
+    sla: SlaClocks
+    escalations: Escalations
+    problems: Problems
+    notifier: Notifier
+    suspect_window_seconds: int
+    depth: int
+
+    @classmethod
+    def of(cls, config: Config, links: ActionLinks) -> Policies:
+        return cls(sla=SlaClocks(config.sla), escalations=Escalations(config.escalation),
+                   problems=Problems(config.problems),
+                   notifier=Notifier(config.notifications, links=links,
+                                     public_url=public_url(config),
+                                     connectors=config.connectors),
+                   suspect_window_seconds=config.changes.suspect_window_seconds,
+                   depth=config.correlation.max_depth)
+
+
 class FollowUp:
     def __init__(self, config: Config, topology: TopologyHolder, *, clock: Clock,
                  link_secret: str | None = None) -> None:
-        self.sla = SlaClocks(config.sla)
         # Without a configured secret (tests, replay) links work for this process only.
         self.links = ActionLinks(secret=link_secret or secrets.token_urlsafe(32),
                                  ttl_seconds=config.notifications.action_links.ttl_seconds,
                                  public_url=public_url(config), clock=clock)
-        self.notifier = Notifier(config.notifications, links=self.links,
-                                 public_url=public_url(config))
+        self.policies = Policies.of(config, self.links)
         # Set once the sender runs; until then (tests, replay) the outbox just fills.
         self.wake: Callable[[], None] | None = None
         # Set by the composition root: creates runbook runs for the alerts just linked
@@ -68,48 +88,73 @@ class FollowUp:
         # built on top of it.
         self.automation: Automation | None = None
         self.wake_runs: Callable[[], None] | None = None
-        self.escalations = Escalations(config.escalation)
-        self.problems = Problems(config.problems)
         self._topology = topology
-        self._suspect_window = config.changes.suspect_window_seconds
-        self._depth = config.correlation.max_depth
 
-    async def after(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime
-                    ) -> Effects:
+    def reconfigure(self, config: Config, link_secret: str) -> None:
+        """A configuration reload: new policies, and links signed and checked with
+        `link_secret` (a changed secret voids the links already sent)."""
+        self.links.reconfigure(secret=link_secret,
+                               ttl_seconds=config.notifications.action_links.ttl_seconds,
+                               public_url=public_url(config))
+        self.policies = Policies.of(config, self.links)
+
+    @property
+    def sla(self) -> SlaClocks:
+        return self.policies.sla
+
+    @property
+    def escalations(self) -> Escalations:
+        return self.policies.escalations
+
+    @property
+    def problems(self) -> Problems:
+        return self.policies.problems
+
+    @property
+    def notifier(self) -> Notifier:
+        return self.policies.notifier
+
+    async def after(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime,
+                    *, policies: Policies | None = None) -> Effects:
+        """`policies`: the ones the caller's transaction started with (default: now's)."""
         ids = sorted(set(incident_ids))
         if not ids:
             return Effects()
+        p = policies or self.policies  # one set of rules for the whole transaction
         # Problems and suspects first: they read the root cause the caller just set;
         # clocks and escalation last, so they see the final priority.
-        linked = await self.problems.link(conn, ids, now)
+        linked = await p.problems.link(conn, ids, now)
         await changes.suspect(conn, self._topology.current, ids, now,
-                              window_seconds=self._suspect_window, depth=self._depth)
-        clocks = await self.sla.sync(conn, ids, now)
-        escalated = await self.escalations.sync(conn, ids, now)
+                              window_seconds=p.suspect_window_seconds, depth=p.depth)
+        clocks = await p.sla.sync(conn, ids, now)
+        escalated = await p.escalations.sync(conn, ids, now)
         runs = await self.automation(conn, ids, now) if self.automation else []
         # Last: every timeline entry of this transaction is written by now.
-        notified = await self.notifier.enqueue_from_timeline(conn, ids, now)
+        notified = await p.notifier.enqueue_from_timeline(conn, ids, now)
         return Effects(sla=clocks, escalations=escalated, problems=linked, notified=notified,
                        wake=self.wake, runs=len(runs), wake_runs=self.wake_runs)
 
     async def sweep_sla(self, conn: AsyncConnection, now: datetime) -> Effects:
-        events = await self.sla.sweep(conn, now)
-        notified = await self.notifier.enqueue_from_timeline(
+        p = self.policies
+        events = await p.sla.sweep(conn, now)
+        notified = await p.notifier.enqueue_from_timeline(
             conn, {e.incident_id for e in events}, now)
         return Effects(sla=events, notified=notified, wake=self.wake)
 
     async def sweep_escalations(self, conn: AsyncConnection, now: datetime) -> Effects:
-        events = await self.escalations.sweep(conn, now)
-        notified = await self.notifier.enqueue_from_timeline(
+        p = self.policies
+        events = await p.escalations.sweep(conn, now)
+        notified = await p.notifier.enqueue_from_timeline(
             conn, {e.incident_id for e in events}, now)
         return Effects(escalations=events, notified=notified, wake=self.wake)
 
     async def views(self, conn: AsyncConnection, incident_ids: Sequence[int], now: datetime
                     ) -> dict[int, dict[str, Any]]:
         """The ITSM parts of each incident's JSON."""
-        clocks = await self.sla.views(conn, incident_ids, now)
-        ladders = await self.escalations.views(conn, incident_ids)
-        linked = await self.problems.views(conn, incident_ids)
+        p = self.policies
+        clocks = await p.sla.views(conn, incident_ids, now)
+        ladders = await p.escalations.views(conn, incident_ids)
+        linked = await p.problems.views(conn, incident_ids)
         suspects = await changes.suspects_of(conn, incident_ids)
         return {i: {"sla": clocks.get(i, []), "escalation": ladders.get(i),
                     "problems": linked.get(i, []), "suspected_changes": suspects.get(i, [])}

@@ -124,7 +124,7 @@ class InboundVerifier:
 
     def _fresh(self, stamp: str) -> str:
         stamp = stamp.strip()
-        if not stamp.isdigit():
+        if not (stamp.isascii() and stamp.isdigit()):  # int() fails on "²"
             raise Unauthorized(f"{TIMESTAMP_HEADER} must be a unix time in seconds")
         if abs(self._clock.now().timestamp() - int(stamp)) > self._max_age:
             raise Unauthorized(f"{TIMESTAMP_HEADER} is more than {self._max_age}s from now")

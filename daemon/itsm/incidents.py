@@ -235,10 +235,12 @@ MOVES = {
 
 
 async def move(conn: AsyncConnection, incident_id: int, action: str, *, actor: str,
-               note: str | None, now: datetime) -> Transition:
-    """A person moves an incident: acknowledge, hold, resume, resolve, close or reopen."""
+               note: str | None, now: datetime, origin: str | None = None) -> Transition:
+    """A person moves an incident: acknowledge, hold, resume, resolve, close or reopen.
+
+    `origin`: the ITSM connector the move came from, kept in the timeline detail."""
     if action == "resume":
-        return await _resume(conn, incident_id, actor=actor, note=note, now=now)
+        return await _resume(conn, incident_id, actor=actor, note=note, now=now, origin=origin)
     if action == "acknowledge":
         earlier = await _acknowledged_before(conn, incident_id)
         if earlier is not None:
@@ -249,7 +251,7 @@ async def move(conn: AsyncConnection, incident_id: int, action: str, *, actor: s
         values[spec.stamp] = now
     transition = await _manual(conn, incident_id, actor=actor, note=note, now=now,
                                allowed_from=spec.allowed_from, to=spec.to, values=values,
-                               kind=spec.kind)
+                               kind=spec.kind, origin=origin)
     if action == "resolve":
         # Its firing alerts resolve with it, so a later repeat of one opens a new
         # incident instead of being taken as a duplicate (as PagerDuty does).
@@ -271,13 +273,13 @@ async def _acknowledged_before(conn: AsyncConnection, incident_id: int) -> Trans
 
 
 async def _resume(conn: AsyncConnection, incident_id: int, *, actor: str, note: str | None,
-                  now: datetime) -> Transition:
+                  now: datetime, origin: str | None = None) -> Transition:
     state = await store.get_state(conn, incident_id)
     back = (IncidentStatus.ACKNOWLEDGED if state and state.acknowledged_at
             else IncidentStatus.TRIGGERED)
     return await _manual(conn, incident_id, actor=actor, note=note, now=now,
                          allowed_from=(IncidentStatus.ON_HOLD,), to=back, values={},
-                         kind=TimelineKind.RESUMED)
+                         kind=TimelineKind.RESUMED, origin=origin)
 
 
 async def set_priority(conn: AsyncConnection, incident_id: int, *, priority: Priority | None,
@@ -367,6 +369,7 @@ async def _manual(
     to: IncidentStatus,
     values: dict[str, datetime | None],
     kind: TimelineKind,
+    origin: str | None = None,
 ) -> Transition:
     before = await store.get_state(conn, incident_id)
     if before is None:
@@ -381,7 +384,7 @@ async def _manual(
     )
     if not moved:  # changed between our read and our write (another replica)
         raise InvalidTransition(f"{incident_key(incident_id)} changed meanwhile; try again")
-    detail = {"note": note} if note else {}
+    detail = ({"note": note} if note else {}) | ({"origin": origin} if origin else {})
     await store.add_timeline(
         conn, [(incident_id, TimelineEntry(at=now, actor=actor, kind=kind, detail=detail))]
     )

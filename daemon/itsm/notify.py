@@ -19,6 +19,10 @@ matches when every condition it gives holds (`events`: exact types or
 its level names as `webhook:<name>` or `slack:<name>`: that is how an
 escalation level pages a chat channel.
 
+ITSM suite connectors (`connectors:` in the config) get rows the same way, by their
+own routes, except for an event whose timeline entry came from that same connector
+(`origin` in its detail): a change a suite made is never sent back to it.
+
 Runbook runs are events too (`runbook.pending_approval`, `runbook.started`,
 `runbook.succeeded`, `runbook.failed`, `runbook.notify`); a pending approval's
 `actions` hold signed `approve` / `deny` links for the run (detail `run`).
@@ -30,12 +34,12 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.clock import timestamp
-from daemon.config import NotificationRoute, NotificationsConfig, NotificationTarget
+from daemon.config import ConnectorConfig, NotificationRoute, NotificationsConfig
 from daemon.itsm.action_links import ActionLinks
 from daemon.models import OPEN_STATUSES, incident_key
 from daemon.store import notifications as store
@@ -115,7 +119,17 @@ def route_matches(route: NotificationRoute, subject: Subject) -> bool:
         subject.event_type == ESCALATED and subject.level in route.escalation_levels)
 
 
-def wants(target: NotificationTarget, subject: Subject) -> bool:
+class Routed(Protocol):
+    """A notification target or a connector: a name and its routes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def routes(self) -> Sequence[NotificationRoute]: ...
+
+
+def wants(target: Routed, subject: Subject) -> bool:
     """Whether `target` gets the event: paged by name, or any of its routes matches."""
     if target.name in subject.paged:
         return True
@@ -125,9 +139,10 @@ def wants(target: NotificationTarget, subject: Subject) -> bool:
 class Notifier:
     """Writes routed events into the outbox, in the caller's transaction."""
 
-    def __init__(self, config: NotificationsConfig, *, links: ActionLinks, public_url: str
-                 ) -> None:
-        self._targets = tuple(config.targets)
+    def __init__(self, config: NotificationsConfig, *, links: ActionLinks, public_url: str,
+                 connectors: Sequence[ConnectorConfig] = ()) -> None:
+        self._targets: tuple[Routed, ...] = (*config.targets, *connectors)
+        self._connectors = frozenset(c.name for c in connectors)
         self._links = links
         self._base = public_url.rstrip("/")
 
@@ -176,7 +191,12 @@ class Notifier:
                             payload={"event": event | {"actions": self._actions(
                                 incident, target.name, _pending_run(event_type, entry.detail))}})
             for target in self._targets if wants(target, subject)
+            and not self._echo(target.name, entry.detail)
         ]
+
+    def _echo(self, target: str, detail: Mapping[str, Any]) -> bool:
+        """The entry came from this connector: sending it back would loop."""
+        return target in self._connectors and detail.get("origin") == target
 
     def _actions(self, incident: Mapping[str, Any], person: str, run_id: int | None
                  ) -> dict[str, str]:

@@ -122,7 +122,7 @@ class SlaClocks:
         """Bring the clocks of these incidents in line with their state (idempotent)."""
         facts = await store.incident_facts(conn, incident_ids)
         existing: dict[int, dict[str, ClockRow]] = {}
-        for row in await store.clocks_of(conn, facts):
+        for row in await store.clocks_of(conn, facts, lock=True):
             existing.setdefault(row.incident_id, {})[row.clock] = row
         out, new, changed = _Out(), list[ClockRow](), list[ClockRow]()
         for incident_id, fact in sorted(facts.items()):

@@ -75,7 +75,7 @@ class SlackVerifier:
             raise Unauthorized("Slack actions are not configured (set "
                                "notifications.slack.signing_secret)")
         stamp = headers.get(TIMESTAMP_HEADER, "").strip()
-        if not stamp.isdigit():
+        if not (stamp.isascii() and stamp.isdigit()):  # int() fails on "²"
             raise Unauthorized(f"missing or malformed {TIMESTAMP_HEADER} header")
         now = self._clock.now().timestamp()
         if abs(now - int(stamp)) > self._max_age:

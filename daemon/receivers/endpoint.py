@@ -9,7 +9,7 @@ Routes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,13 +22,13 @@ from daemon.errors import (
     InvalidInput,
     NotFound,
     Overloaded,
-    PayloadTooLarge,
     Unauthorized,
     UserError,
 )
 from daemon.models import AlertEvent, ChangeRecord
 from daemon.receivers import Parser, pagerduty
 from daemon.receivers.auth import Credentials, matches_any
+from daemon.receivers.body import read_body
 from daemon.receivers.normalize import Defaults
 from daemon.receivers.validation import reject_nul
 
@@ -58,15 +58,40 @@ class Integration:
     routing_keys: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class _Routing:
+    """The integrations by the ways requests find them; replaced whole on a reload."""
+
+    all: tuple[Integration, ...]
+    by_name: Mapping[str, Integration]
+    generic: tuple[Integration, ...]
+    pagerduty: tuple[Integration, ...]
+
+    @classmethod
+    def of(cls, integrations: Sequence[Integration]) -> _Routing:
+        return cls(all=tuple(integrations), by_name={i.name: i for i in integrations},
+                   generic=tuple(i for i in integrations if i.type == "generic"),
+                   pagerduty=tuple(i for i in integrations if i.type == "pagerduty"))
+
+
 class Intake:
     def __init__(self, *, integrations: Sequence[Integration], alerts: AlertSink,
                  changes: ChangeSink, clock: Clock) -> None:
-        self._by_name = {i.name: i for i in integrations}
-        self._generic = [i for i in integrations if i.type == "generic"]
-        self._pagerduty = [i for i in integrations if i.type == "pagerduty"]
+        self._routing = _Routing.of(integrations)
         self._alerts = alerts
         self._changes = changes
         self._clock = clock
+
+    @property
+    def integrations(self) -> tuple[Integration, ...]:
+        return self._routing.all
+
+    def reconfigure(self, integrations: Sequence[Integration]) -> None:
+        """A configuration reload: requests from now on see only these integrations.
+
+        Each handler reads the routing once, so a request in flight finishes with the
+        integration it started with."""
+        self._routing = _Routing.of(integrations)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -77,7 +102,7 @@ class Intake:
         ]
 
     async def named(self, request: web.Request) -> web.StreamResponse:
-        integration = self._by_name.get(request.match_info["integration"])
+        integration = self._routing.by_name.get(request.match_info["integration"])
         if integration is None:
             raise NotFound(f"no integration named {request.match_info['integration']!r}")
         if integration.type == "pagerduty":
@@ -85,11 +110,12 @@ class Intake:
         return await self._flow(request, integration)
 
     async def generic(self, request: web.Request) -> web.StreamResponse:
-        if not self._generic:
+        generic = self._routing.generic
+        if not generic:
             raise NotFound("no generic integration is configured")
-        limit = max(i.max_body_bytes for i in self._generic)
+        limit = max(i.max_body_bytes for i in generic)
         body = await read_body(request, limit)
-        for integration in self._generic:
+        for integration in generic:
             try:
                 integration.credentials.check_request(request.headers, body)
             except Unauthorized:
@@ -124,7 +150,7 @@ class Intake:
                      status)
 
     async def pagerduty_enqueue(self, request: web.Request) -> web.StreamResponse:
-        return await self._pagerduty_flow(request, self._pagerduty)
+        return await self._pagerduty_flow(request, self._routing.pagerduty)
 
     async def _pagerduty_flow(self, request: web.Request,
                               candidates: Sequence[Integration]) -> web.Response:
@@ -145,11 +171,12 @@ class Intake:
                      202)
 
     async def pagerduty_change(self, request: web.Request) -> web.StreamResponse:
+        candidates = self._routing.pagerduty
         try:
-            body = await read_body(request, _pd_limit(self._pagerduty))
+            body = await read_body(request, _pd_limit(candidates))
             reject_nul(body)
             event = pagerduty.parse_change(body)
-            integration = _by_routing_key(self._pagerduty, event.routing_key)
+            integration = _by_routing_key(candidates, event.routing_key)
             await self._changes.record(
                 pagerduty.to_change(event, integration=integration.name, clock=self._clock))
         except UserError as err:
@@ -194,18 +221,3 @@ def _reason(err: UserError) -> str:
     if isinstance(err, Overloaded):
         return err.reason
     return {401: "unauthorized", 413: "too_large"}.get(err.status, "invalid")
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body of {request.content_length} bytes is over the {limit} limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-

@@ -37,7 +37,15 @@ import aiohttp
 import structlog
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
-from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_exponential_jitter,
+)
 
 from daemon import metrics
 from daemon.clock import Clock, timestamp
@@ -50,7 +58,7 @@ from daemon.runbooks import steps
 from daemon.runbooks.catalog import CatalogHolder, Runbook, Step
 from daemon.runbooks.templates import TemplateFailed, render_step
 from daemon.runbooks.triggers import disabled_reason
-from daemon.store import Store
+from daemon.store import Store, StoreUnavailable
 from daemon.store import incidents as incident_store
 from daemon.store import runbooks as store
 from daemon.store.runbooks import RunView
@@ -65,6 +73,8 @@ SILENT_SECONDS = 35.0
 STOP_GRACE_SECONDS = 10.0
 # Extra queued runs looked at per claim, past those behind a CI lock.
 CLAIM_LOOKAHEAD = 20
+# How long a finished run's outcome is retried while the database is away.
+FINISH_RETRY_SECONDS = 300.0
 
 DRY_RUN = "dry_run"
 # tenacity 9.2 renamed `initial` to `multiplier` (same meaning) and warns on the old name.
@@ -116,6 +126,12 @@ class Executor:
     def wake(self) -> None:
         self._woken.set()
 
+    def reconfigure(self, config: RunbooksConfig) -> None:
+        """A configuration reload: concurrency, polling and output limits from now on;
+        runs in flight keep going."""
+        self._config = config
+        self._woken.set()  # more room, maybe
+
     async def stop(self) -> None:
         """Claim nothing more; let runs in flight finish for a while, then interrupt them
         (they are recorded `interrupted`, never re-run)."""
@@ -138,13 +154,24 @@ class Executor:
         return len(tasks)
 
     async def _loop(self) -> None:
+        store_down = False  # said once per outage, not once per pass
         while not self._stopping:
             self._woken.clear()
             try:
                 await self._heartbeat()
                 await self._start_claimed()
-            except Exception as err:  # the store is down, say: the next pass tries again
+            except StoreUnavailable as err:  # the database is away: the next pass tries again
+                if not store_down:
+                    log.warning("runbooks: store unavailable; retrying each poll",
+                                reason=str(err))
+                store_down = True
+                self._last_beat = None  # beat (and look for dead runs) as soon as it is back
+            except Exception as err:  # a bug: the loop must outlive it
                 log.warning("runbook claim failed; retrying", reason=type(err).__name__)
+            else:
+                if store_down:
+                    log.info("runbooks: store reachable again")
+                store_down = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self._config.poll_interval_seconds)
 
@@ -238,7 +265,30 @@ class Executor:
             log.exception("runbook run failed unexpectedly", run=run.id, runbook=run.runbook)
             error = f"internal error: {type(exc).__name__}"
             self._cut_short(progress, error)
-        await self._finish(run, runbook, progress.records, error)
+        await self._finish_when_stored(run, runbook, progress.records, error)
+
+    async def _finish_when_stored(self, run: RunView, runbook: Runbook | None,
+                                  records: list[dict[str, Any]], error: str | None) -> None:
+        """`_finish`, retried while the database is away: the steps ran, and their outcome
+        must not be lost to an outage (nor the run left `running` under this process,
+        whose heartbeat would keep it from ever being reported interrupted)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            stop=stop_after_delay(FINISH_RETRY_SECONDS), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number == 2:
+                        log.warning("runbook run outcome not recorded: store unavailable; "
+                                    "retrying", run=run.id, runbook=run.runbook)
+                    # A first try whose commit landed unseen makes the retry find the run
+                    # no longer running: it then stops there, nothing is recorded twice.
+                    await self._finish(run, runbook, records, error)
+        except StoreUnavailable as err:
+            log.error("runbook run outcome lost: store unavailable; the run stays `running` "
+                      "until this process restarts and reports it interrupted",
+                      run=run.id, runbook=run.runbook, reason=str(err))
 
     def _cut_short(self, progress: _Progress, error: str) -> None:
         if progress.current is not None:
@@ -339,8 +389,13 @@ class Executor:
         return steps.Outcome(ok=True, output=message)
 
     async def _save(self, run: RunView, records: list[dict[str, Any]]) -> None:
-        async with self._store.write() as conn:
-            await store.set_steps(conn, run.id, records, self._clock.now())
+        try:
+            async with self._store.write() as conn:
+                await store.set_steps(conn, run.id, records, self._clock.now())
+        except StoreUnavailable as err:
+            # Progress only: the run goes on, and its end records every step anyway.
+            log.warning("runbook step not saved: store unavailable", run=run.id,
+                        runbook=run.runbook, reason=str(err))
 
     # -- closing the loop ----------------------------------------------------------
 

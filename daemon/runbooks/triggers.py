@@ -59,6 +59,11 @@ class Triggers:
         # runs, expiry) then reach the notification outbox too.
         self.followup: FollowUp | None = None
 
+    def reconfigure(self, config: RunbooksConfig) -> None:
+        """A configuration reload: runs made from now on follow `config` (dry run, approval
+        time); the catalog itself is replaced in its holder."""
+        self._config = config
+
     # -- making runs -----------------------------------------------------------
 
     async def create_runs(self, conn: AsyncConnection, incident_ids: Iterable[int],

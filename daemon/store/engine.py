@@ -2,24 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+log = structlog.get_logger("incidentd.store")
 
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or refused the work; the caller may retry later."""
 
 
-# Errors that mean "the database is not there right now", as opposed to a bug.
-_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, OSError)
+# Errors that mean "the database is not there right now", as opposed to a bug. SQLite's
+# "database is locked" and "database or disk is full" are OperationalErrors too; a pool
+# with no free connection left (exc.TimeoutError) is an overload, also worth a retry.
+_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError,
+                exc.TimeoutError, OSError)
+# PostgreSQL SQLSTATEs of a server going away or not taking clients: class 08
+# (connection exception: asyncpg reports a connection cut mid-query as 08003),
+# 57P01-57P03 (admin shutdown, crash shutdown, cannot connect now: a restart) and
+# 53300 (too many connections). asyncpg's errors reach us as a plain DBAPIError.
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+# How long one attempt to open a PostgreSQL connection may take (asyncpg's default is 60 s):
+# a database that does not answer is reported as unavailable well before clients give up.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """True when `err` says the database is away (worth a retry later), not a bug."""
+    if isinstance(err, (StoreUnavailable, *_UNAVAILABLE)):
+        return True
+    if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
+        return True  # SQLAlchemy saw a disconnect and threw the connection away
+    state = getattr(getattr(err, "orig", None) or err, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_UNAVAILABLE_STATES)
 
 
 def _json_dumps(value: Any) -> str:
@@ -39,8 +73,14 @@ class Store:
         parsed = make_url(url)
         common: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if parsed.get_backend_name() != "sqlite":
+            # pool_pre_ping: a pooled connection that died while idle (the server
+            # restarted) is replaced at checkout instead of failing the next request.
+            # A disconnect seen mid-query invalidates the whole pool (SQLAlchemy does
+            # that on every disconnect error), so recovery after an outage is one
+            # fresh connect per checkout, not one failed request per stale connection.
             engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **common
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}, **common
             )
             return cls(engine, engine)
         if parsed.database and parsed.database != ":memory:":
@@ -60,21 +100,49 @@ class Store:
         return self._writer
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction on the writer, committed when the block exits cleanly."""
+    async def write(self, *, connect_attempts: int = 1) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the writer, committed when the block exits cleanly.
+
+        Any sign that the database is away (refused, reset, shut down, cut mid-query
+        or mid-commit) comes out as `StoreUnavailable`. With `connect_attempts` > 1
+        on PostgreSQL, getting the connection is retried briefly: nothing has been
+        sent yet then, so a retry cannot do anything twice. Once the block has
+        started, nothing is retried here; the caller decides.
+        """
         try:
-            async with self._writer.begin() as conn:
-                yield conn
-        except _UNAVAILABLE as err:
-            raise StoreUnavailable(_reason(err)) from err
+            async with AsyncExitStack() as stack:
+                yield await self._begin(stack, connect_attempts)
+        except StoreUnavailable:
+            raise
+        except Exception as err:
+            if is_unavailable(err):
+                raise StoreUnavailable(_reason(err)) from err
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self._reader.connect() as conn:
                 yield conn
-        except _UNAVAILABLE as err:
-            raise StoreUnavailable(_reason(err)) from err
+        except StoreUnavailable:
+            raise
+        except Exception as err:
+            if is_unavailable(err):
+                raise StoreUnavailable(_reason(err)) from err
+            raise
+
+    async def _begin(self, stack: AsyncExitStack, attempts: int) -> AsyncConnection:
+        if attempts <= 1 or self.dialect == "sqlite":  # SQLite's busy_timeout waits already
+            return await stack.enter_async_context(self._writer.begin())
+        retrying = AsyncRetrying(stop=stop_after_attempt(attempts),
+                                 wait=wait_exponential(multiplier=0.05, max=0.5),
+                                 retry=retry_if_exception(is_unavailable), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                # A failed attempt leaves nothing on the stack: begin() only enters
+                # once it holds a connection.
+                return await stack.enter_async_context(self._writer.begin())
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def ping(self) -> None:
         async with self.read() as conn:
@@ -84,6 +152,36 @@ class Store:
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
+
+
+async def wait_for_database(action: Callable[[], Awaitable[None]], *, total_seconds: float,
+                            url: str) -> None:
+    """Run `action` (connect, migrate, ...) until it works, retrying while the database
+    is away (`StoreUnavailable`) with backoff for up to `total_seconds`, a warning per
+    failed try; then the last `StoreUnavailable` is raised. Other errors (a wrong
+    password, a missing database) are not waited out: they come out at once."""
+    started = time.monotonic()
+    backoff = wait_exponential(multiplier=0.5, max=5) + wait_random(0, 0.25)
+
+    def pause(state: RetryCallState) -> float:
+        left = total_seconds - (time.monotonic() - started)
+        return max(0.0, min(backoff(state), left))  # the last try comes at the deadline
+
+    def give_up(_: RetryCallState) -> bool:
+        return time.monotonic() - started >= total_seconds
+
+    def say(state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome is not None else None
+        log.warning("database unreachable at start; retrying", database=url,
+                    attempt=state.attempt_number, retry_in_seconds=round(state.upcoming_sleep, 2),
+                    gives_up_in_seconds=round(
+                        max(0.0, total_seconds - (time.monotonic() - started)), 1),
+                    reason=str(err))
+
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(StoreUnavailable),
+                                       stop=give_up, wait=pause, before_sleep=say, reraise=True):
+        with attempt:
+            await action()
 
 
 def _reason(err: BaseException) -> str:

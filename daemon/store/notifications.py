@@ -8,7 +8,7 @@ and read by the sender in short transactions of its own: claim what is due
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -162,11 +162,17 @@ async def insert_new(conn: AsyncConnection, rows: Sequence[NewNotification], now
 # -- the sender --------------------------------------------------------------
 
 
-async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[Notification]:
+async def due(conn: AsyncConnection, now: datetime, *, limit: int,
+              ordered: Collection[str] = ()) -> list[Notification]:
     """Pending notifications whose time has come, oldest first, with their payloads.
 
     On PostgreSQL they stay locked until the caller's transaction ends and rows
     another replica holds are skipped; SQLite has one writer, which is as good.
+
+    For the targets named in `ordered` (ITSM connectors) an incident's events go one
+    at a time, in order: a row is not due while an earlier row of the same target and
+    incident is still pending (leased or waiting to retry), so a suite never sees a
+    resolution before the creation of its ticket. A dead row no longer holds others up.
     """
     query = (
         sa.select(notifications)
@@ -175,6 +181,17 @@ async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[Notif
         .order_by(notifications.c.next_attempt_at, notifications.c.id)
         .limit(limit)
     )
+    if ordered:
+        earlier = notifications.alias("earlier")
+        waiting = (sa.select(earlier.c.id)
+                   .where(earlier.c.target == notifications.c.target,
+                          earlier.c.incident_id == notifications.c.incident_id,
+                          earlier.c.state == State.PENDING.value,
+                          earlier.c.id < notifications.c.id)
+                   .correlate(notifications))
+        query = query.where(sa.or_(notifications.c.target.not_in(sorted(ordered)),
+                                   notifications.c.incident_id.is_(None),
+                                   ~sa.exists(waiting)))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [_row(r, payload=True) for r in await conn.execute(query)]

@@ -76,15 +76,23 @@ async def incident_facts(conn: AsyncConnection, incident_ids: Iterable[int]
             for r in result}
 
 
-async def clocks_of(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[ClockRow]:
+async def clocks_of(conn: AsyncConnection, incident_ids: Iterable[int], *, lock: bool = False
+                    ) -> list[ClockRow]:
+    """The clocks of these incidents; `lock`: held until the transaction ends (PostgreSQL;
+    SQLite has one writer at a time anyway).
+
+    Whoever rewrites clocks from what it read must lock them: the sweep of another
+    replica may have breached one and not committed yet. Reading it unlocked, a
+    concurrent reconcile would see it still running and breach it a second time.
+    """
     ids = sorted(set(incident_ids))
     if not ids:
         return []
-    result = await conn.execute(
-        sa.select(sla_clocks).where(sla_clocks.c.incident_id.in_(ids))
-        .order_by(sla_clocks.c.incident_id, sla_clocks.c.clock)
-    )
-    return [_row(r) for r in result]
+    query = (sa.select(sla_clocks).where(sla_clocks.c.incident_id.in_(ids))
+             .order_by(sla_clocks.c.incident_id, sla_clocks.c.clock))  # one lock order
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return [_row(r) for r in await conn.execute(query)]
 
 
 async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[ClockRow]:

@@ -384,3 +384,23 @@ runbook_state = sa.Table(
     sa.Column("reason", sa.Text(), nullable=True),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# The ticket each ITSM suite connector keeps for an incident (ServiceNow sys_id and
+# number, Jira issue id and key, a generic tool's id): stored once the suite made it,
+# so every later event updates that ticket instead of opening another.
+external_tickets = sa.Table(
+    "external_tickets",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("incident_id", _ID, nullable=False),
+    sa.Column("connector", sa.String(64), nullable=False),
+    sa.Column("external_id", sa.String(255), nullable=False),
+    sa.Column("external_key", sa.String(255), nullable=True),
+    sa.Column("url", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("incident_id", "connector"),
+    # Inbound updates name the suite's ticket: find the incident from it.
+    sa.Index("ix_external_tickets_connector_external_id", "connector", "external_id"),
+    sa.Index("ix_external_tickets_connector_external_key", "connector", "external_key"),
+)

@@ -69,6 +69,8 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "incidentd_ingest_duration_seconds": ("histogram", set()),
     "incidentd_ingest_batch_alerts": ("histogram", set()),
     "incidentd_ingest_queued_alerts": ("gauge", set()),
+    "incidentd_config_last_reload_successful": ("gauge", set()),
+    "incidentd_config_last_reload_success_timestamp_seconds": ("gauge", set()),
 }
 BOUNDED = {
     "priority": set(metrics.PRIORITIES),
