@@ -52,13 +52,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import email.utils
 import hashlib
 import hmac
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -72,6 +71,7 @@ from daemon.clock import Clock
 from daemon.config import NotificationsConfig, NotificationTarget, RetryConfig, SecretRef
 from daemon.itsm import slack_messages
 from daemon.itsm.connectors.base import ConnectorError
+from daemon.itsm.retry_after import parse_retry_after
 from daemon.models import incident_key
 from daemon.secrets import resolve
 from daemon.store import Store, StoreUnavailable
@@ -86,8 +86,6 @@ log = structlog.get_logger("incidentd.notify")
 BATCH = 100
 # The lease outlasts the delivery timeout by this much (time to record the outcome).
 LEASE_MARGIN_SECONDS = 5.0
-# A Retry-After beyond this is taken as this: a target cannot park the outbox for days.
-MAX_RETRY_AFTER_SECONDS = 86_400.0
 _ERROR_CHARS = 300
 _BODY_BYTES = 64 * 1024
 _RETRYABLE_STATUS = frozenset({408, 429})
@@ -128,22 +126,6 @@ def network_error(err: BaseException, timeout: float) -> Answer:
     else:
         text = f"network error: {type(err).__name__}"
     return Answer(delivered=False, retryable=True, error=text)
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return min(float(text), MAX_RETRY_AFTER_SECONDS)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER_SECONDS)
 
 
 def backoff(retry: RetryConfig) -> wait_exponential_jitter:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import abc
 import base64
-import email.utils
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,13 +26,13 @@ import orjson
 
 from daemon import __version__
 from daemon.config import ConfigError, ConnectorAuth
+from daemon.itsm.retry_after import parse_retry_after
 from daemon.models import ConfigurationItem
 from daemon.secrets import resolve
 
 _ERROR_CHARS = 300
 _BODY_BYTES = 1024 * 1024  # a suite's answer larger than this is not one we asked for
 _RETRYABLE_STATUS = frozenset({408, 429})
-MAX_RETRY_AFTER_SECONDS = 86_400.0
 
 
 class ConnectorError(Exception):
@@ -276,7 +275,7 @@ class Http:
     def _refused(self, method: str, path: str, reply: Reply) -> ConnectorError:
         text = self.redact(reply.body.decode("utf-8", "replace").strip())[:_ERROR_CHARS]
         retryable = reply.status in _RETRYABLE_STATUS or reply.status >= 500
-        after = retry_after(reply.headers.get("Retry-After"), self._now())
+        after = parse_retry_after(reply.headers.get("Retry-After"), self._now())
         return ConnectorError(f"{self.name}: {method} {_path(path)} answered {reply.status}: "
                               f"{text}", retryable=retryable, status=reply.status,
                               retry_after=after)
@@ -303,22 +302,6 @@ def _path(path: str) -> str:
     """The path alone: no host (a tool's URL may hold a token) and no query (it may
     carry names from the incident)."""
     return urlsplit(path).path or "/"
-
-
-def retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from a `Retry-After` header (seconds or an HTTP date), bounded."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_SECONDS)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER_SECONDS)
 
 
 def text_of(value: Any, limit: int = 10_000) -> str | None:

@@ -1,0 +1,26 @@
+"""`Retry-After` from a notification target or an ITSM suite, as seconds from now."""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import UTC, datetime
+
+# A target asking for more than a day is misconfigured; we still come back tomorrow.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Delta-seconds or an HTTP date, bounded to a day; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    # ASCII only: "²".isdigit() is true, and float() refuses it.
+    if text.isascii() and text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER_SECONDS)
