@@ -247,7 +247,8 @@ async def start(config: Config, *, clock: Clock | None = None, loader: Loader | 
     `loader` reads the configuration again on a reload (default: `config` as given);
     `source` names it in the problems a reload reports."""
     clock = clock or SystemClock()
-    leadership = Leadership(config.database.url)
+    leadership = Leadership(config.database.url,
+                            timeout_seconds=config.database.leader_timeout_seconds)
     await leadership.start()  # SQLite: refuses a second daemon on the same file
     store = await open_store(config)
     try:

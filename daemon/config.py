@@ -103,6 +103,10 @@ class DatabaseConfig(_Strict):
     # At start, how long to wait for PostgreSQL to answer (retrying with backoff, one
     # log line per try) before giving up with exit code 2; 0: one try. SQLite: one try.
     connect_timeout_seconds: float = Field(default=60.0, ge=0)
+    # PostgreSQL, several replicas: a leader whose lock connection stays silent this
+    # long (the process frozen, its host cut off) is disconnected by the server, and
+    # another replica takes the timers over within this plus 5 s.
+    leader_timeout_seconds: int = Field(default=15, ge=10)
 
     @field_validator("url")
     @classmethod

@@ -8,6 +8,12 @@ and the lock with it, and another replica takes it at its next try (every
 `TRY_SECONDS`). The jobs also claim their rows with `FOR UPDATE SKIP LOCKED`, so
 a moment with two leaders doubles nothing.
 
+A leader that is alive but silent (the process frozen, its host cut off) would
+hold the lock for ever; its connection therefore carries `idle_session_timeout`
+and TCP keepalives bounded by `timeout_seconds` (`database.leader_timeout_seconds`),
+so the server ends the session, and the lock with it, once the leader stops
+checking in every `TRY_SECONDS`.
+
 When the database restarts or the network cuts the lock's connection, the lock
 is gone: the leader stops leading the moment asyncpg reports the connection
 closed (or at its next check, which a silent database fails by timing out), and
@@ -41,12 +47,15 @@ TRY_SECONDS = 5.0
 # A connect or check slower than this counts as a lost connection: a database that
 # stopped answering guarantees no lock to rely on.
 CHECK_TIMEOUT_SECONDS = 5.0
+DEFAULT_TIMEOUT_SECONDS = 15
 
 
 class Leadership:
-    def __init__(self, url: str, *, try_seconds: float = TRY_SECONDS) -> None:
+    def __init__(self, url: str, *, try_seconds: float = TRY_SECONDS,
+                 timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._url = url
         self._try = try_seconds
+        self._timeout = timeout_seconds
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         self._leader = False
         self._lock_file: IO[str] | None = None
@@ -124,12 +133,28 @@ class Leadership:
             conn = await self._engine.connect()
             self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await self._watch(self._conn)
+            await self._bound_silence(self._conn)
         if self._leader:
             await self._conn.execute(sa.text("SELECT 1"))
             return True
         got = (await self._conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
                                         {"key": LOCK_KEY})).scalar()
         return bool(got)
+
+    async def _bound_silence(self, conn: AsyncConnection) -> None:
+        """Have the server end this session once it is silent for `timeout_seconds`
+        (idle between checks: PostgreSQL 14+), or its peer unreachable (keepalives)."""
+        ms = int(max(self._timeout, 2 * self._try) * 1000)
+        idle = max(1, self._timeout // 3)
+        settings = {"idle_session_timeout": str(ms), "tcp_keepalives_idle": str(idle),
+                    "tcp_keepalives_interval": str(idle), "tcp_keepalives_count": "3"}
+        for name, value in settings.items():
+            try:
+                await conn.execute(sa.text("SELECT set_config(:name, :value, false)"),
+                                   {"name": name, "value": value})
+            except sa.exc.DBAPIError as err:  # an older server: the bound is weaker
+                log.warning("leadership: setting not supported by this PostgreSQL",
+                            setting=name, reason=type(err.orig).__name__)
 
     async def _watch(self, conn: AsyncConnection) -> None:
         """Be told the moment the lock's connection closes (asyncpg's termination

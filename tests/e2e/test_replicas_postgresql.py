@@ -4,6 +4,8 @@ without a breach lost or doubled."""
 
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +14,14 @@ import pytest
 
 from tests.conftest import reset
 
-from .harness import DaemonProcess, IncidentdClient, alertmanager_group, example_config, poll
+from .harness import (
+    DaemonProcess,
+    IncidentdClient,
+    alertmanager_group,
+    constant,
+    example_config,
+    poll,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,3 +76,39 @@ async def test_two_replicas_share_the_work_and_the_timers_survive_the_leader(
     assert breaches(incident) == ["response"]
     assert "leadership acquired" in second.tail(200)
     assert breaches(await two.incident(early)) == ["response"]  # not doubled
+
+
+async def test_a_frozen_leader_loses_the_timers_within_its_timeout(
+    pg_database: str,
+    daemon_factory: Callable[..., DaemonProcess],
+    make_client: Callable[[DaemonProcess], IncidentdClient],
+) -> None:
+    """A leader alive but silent (SIGSTOP: a frozen VM, a long GC, a cut-off host)
+    keeps its connection open; the server ends it after `leader_timeout_seconds`, the
+    other replica takes the timers over, and the leader, woken, does not double them."""
+    await reset(pg_database)
+    config = fast_sla()
+    config["database"] = {"leader_timeout_seconds": 10}
+    first = await daemon_factory(config=config, database_url=pg_database).start()
+    second = await daemon_factory(config=config, database_url=pg_database).start()
+    one, two = make_client(first), make_client(second)
+    await poll("the first replica to lead", lambda: constant(first.tail(400)),
+               lambda text: "leadership acquired" in text, within=20,
+               diagnostics=first.describe)
+
+    first.send_signal(signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        late = await fire(two)
+        incident = await poll("the breach by the replica that took over",
+                              lambda: two.incident(late), lambda i: i if breaches(i) else None,
+                              within=40, diagnostics=second.describe)
+        took_over = time.monotonic() - frozen_at
+        assert "leadership acquired" in second.tail(400)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert took_over < 10 + 5 + 10, f"takeover took {took_over:.1f} s"  # timeout + try + CI slack
+    await poll("the woken replica to notice", lambda: constant(first.tail(400)),
+               lambda text: "leadership lost" in text, within=20, diagnostics=first.describe)
+    assert breaches(await one.incident(late)) == ["response"]
+    assert breaches(incident) == ["response"]
