@@ -1,21 +1,26 @@
 """Correlation at CMDB scale: 50,000 CIs, 150,000 edges, 100,000 alerts.
 
-    .venv/bin/python bench/correlation.py [--cis 50000] [--edges 150000] [--alerts 100000]
+    .venv/bin/python bench/correlation.py [--cis 50000] [--edges 150000] [--alerts 100000] [--json]
 
 Prints the cost of one correlation decision (p50/p99/max), of the root-cause
 and impact computation, and the process RSS; and, when networkx is
 installed, the same bounded upstream walk done by networkx, for comparison.
+With `--json`, one JSON object with the same figures instead (times in ms).
 Figures, not assertions: these machines are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import resource
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from workload import layered_graph
 
 from daemon.config import CorrelationConfig
 from daemon.correlation.engine import Correlator
@@ -23,25 +28,10 @@ from daemon.correlation.topology import Topology, TopologyHolder
 from daemon.itsm.impact import impact, root_cause
 from daemon.models import Alert, AlertStatus, ConfigurationItem, Severity
 
-LAYERS = (("service", 0.02), ("web", 0.13), ("app", 0.35), ("database", 0.15),
-          ("host", 0.30), ("network", 0.05))
-
 
 def build_cmdb(n_cis: int, n_edges: int, rng: random.Random) -> list[ConfigurationItem]:
     """A layered graph: each CI depends on CIs of the layers below it."""
-    layers: list[list[str]] = []
-    for name, share in LAYERS:
-        layers.append([f"{name}-{i}" for i in range(max(1, int(n_cis * share)))])
-    deps: dict[str, set[str]] = {ci: set() for layer in layers for ci in layer}
-    flat = [(i, ci) for i, layer in enumerate(layers[:-1]) for ci in layer]
-    count = 0
-    while count < n_edges:
-        level, ci = rng.choice(flat)
-        below = layers[min(len(layers) - 1, level + rng.choice((1, 1, 1, 2)))]
-        target = rng.choice(below)
-        if target not in deps[ci]:
-            deps[ci].add(target)
-            count += 1
+    _, deps = layered_graph(n_cis, n_edges, rng)
     return [ConfigurationItem(id=ci, name=ci, type=ci.split("-")[0],
                               criticality=1 if ci.startswith("service") else 3,
                               depends_on=tuple(sorted(d))) for ci, d in deps.items()]
@@ -69,17 +59,26 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=150_000)
     parser.add_argument("--alerts", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    figures = run(args)
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    else:
+        show(figures)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     base_rss = rss_mb()
-
     started = time.perf_counter()
     items = build_cmdb(args.cis, args.edges, rng)
     topology = Topology.build(items)
     build_s = time.perf_counter() - started
     edges = sum(len(v) for v in topology.up.values())
-    print(f"graph: {len(topology):,} CIs, {edges:,} edges, built in {build_s:.2f}s, "
-          f"RSS {rss_mb():.0f} MB (Python start {base_rss:.0f} MB)")
+    figures: dict[str, Any] = {
+        "graph": {"cis": len(topology), "edges": edges, "build_s": round(build_s, 3),
+                  "rss_mb": round(rss_mb()), "python_start_rss_mb": round(base_rss)}}
 
     config = CorrelationConfig()
     correlator = Correlator(config=config, topology=TopologyHolder(topology), group_by={})
@@ -128,27 +127,49 @@ def main() -> None:
             impact(topology, root_cause(topology, bound[key][2]))
             impacts.append(time.perf_counter() - t0)
 
-    def ms(values: list[float], p: float) -> str:
-        return f"{percentile(values, p) * 1000:.3f}"
+    def ms(values: list[float], p: float) -> float:
+        return round(percentile(values, p) * 1000, 3)
 
-    print(f"decisions: {len(decisions):,} alerts, {next_id - 1:,} incidents opened; "
-          f"p50 {ms(decisions, 0.5)} ms, p99 {ms(decisions, 0.99)} ms, "
-          f"max {max(decisions) * 1000:.3f} ms, mean {statistics.mean(decisions) * 1e3:.3f} ms")
-    print(f"per-batch index of open incidents: {len(indexes):,} batches; "
-          f"p50 {ms(indexes, 0.5)} ms, p99 {ms(indexes, 0.99)} ms")
-    print(f"root cause + impact: {len(impacts):,} samples; p50 {ms(impacts, 0.5)} ms, "
-          f"p99 {ms(impacts, 0.99)} ms")
-    print(f"RSS after the run: {rss_mb():.0f} MB")
-    compare_networkx(topology, items, rng, config.max_depth)
+    figures["decisions"] = {
+        "alerts": len(decisions), "incidents_opened": next_id - 1,
+        "p50_ms": ms(decisions, 0.5), "p99_ms": ms(decisions, 0.99),
+        "max_ms": round(max(decisions) * 1000, 3),
+        "mean_ms": round(statistics.mean(decisions) * 1000, 3)}
+    figures["batch_index"] = {"batches": len(indexes), "p50_ms": ms(indexes, 0.5),
+                              "p99_ms": ms(indexes, 0.99)}
+    figures["root_cause_impact"] = {"samples": len(impacts), "p50_ms": ms(impacts, 0.5),
+                                    "p99_ms": ms(impacts, 0.99)}
+    figures["rss_after_mb"] = round(rss_mb())
+    figures["upstream_walk"] = compare_networkx(topology, items, rng, config.max_depth)
+    return figures
+
+
+def show(f: dict[str, Any]) -> None:
+    g, d, b, r = f["graph"], f["decisions"], f["batch_index"], f["root_cause_impact"]
+    print(f"graph: {g['cis']:,} CIs, {g['edges']:,} edges, built in {g['build_s']:.2f}s, "
+          f"RSS {g['rss_mb']} MB (Python start {g['python_start_rss_mb']} MB)")
+    print(f"decisions: {d['alerts']:,} alerts, {d['incidents_opened']:,} incidents opened; "
+          f"p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms, "
+          f"max {d['max_ms']:.3f} ms, mean {d['mean_ms']:.3f} ms")
+    print(f"per-batch index of open incidents: {b['batches']:,} batches; "
+          f"p50 {b['p50_ms']:.3f} ms, p99 {b['p99_ms']:.3f} ms")
+    print(f"root cause + impact: {r['samples']:,} samples; p50 {r['p50_ms']:.3f} ms, "
+          f"p99 {r['p99_ms']:.3f} ms")
+    print(f"RSS after the run: {f['rss_after_mb']} MB")
+    walk = f["upstream_walk"]
+    if walk is None:
+        print("networkx: not installed; `pip install networkx` to compare")
+    else:
+        print(f"bounded upstream walk (depth {walk['depth']}): adjacency dicts "
+              f"{walk['ours_us']:.1f} µs, networkx {walk['networkx_us']:.1f} µs")
 
 
 def compare_networkx(topology: Topology, items: list[ConfigurationItem], rng: random.Random,
-                     depth: int) -> None:
+                     depth: int) -> dict[str, Any] | None:
     try:
         import networkx as nx  # type: ignore[import-untyped]
     except ImportError:
-        print("networkx: not installed; `pip install networkx` to compare")
-        return
+        return None
     graph = nx.DiGraph()
     graph.add_nodes_from(ci.id for ci in items)
     graph.add_edges_from((ci.id, d) for ci in items for d in ci.depends_on)
@@ -162,8 +183,7 @@ def compare_networkx(topology: Topology, items: list[ConfigurationItem], rng: ra
     for ci in sample:
         nx.single_source_shortest_path_length(graph, ci, cutoff=depth)
     theirs = (time.perf_counter() - t0) / len(sample)
-    print(f"bounded upstream walk (depth {depth}): adjacency dicts {ours * 1e6:.1f} µs, "
-          f"networkx {theirs * 1e6:.1f} µs")
+    return {"depth": depth, "ours_us": round(ours * 1e6, 1), "networkx_us": round(theirs * 1e6, 1)}
 
 
 if __name__ == "__main__":
