@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from daemon import templating
+
 ENV_PREFIX = "INCIDENTD_"
 
 
@@ -616,18 +618,10 @@ CONNECTOR_TEMPLATE_ROOTS = frozenset({"incident", "event", "ci", "note"})
 
 def _connector_template(value: str) -> str:
     """A template a connector renders: it must compile and name only known variables."""
-    from jinja2 import TemplateSyntaxError, meta
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment()
     try:
-        ast = env.parse(value)
-    except TemplateSyntaxError as exc:
-        raise ValueError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
-    unknown = meta.find_undeclared_variables(ast) - CONNECTOR_TEMPLATE_ROOTS - set(env.globals)
-    if unknown:
-        raise ValueError(f"unknown template variable {', '.join(sorted(unknown))} (use "
-                         f"{', '.join(sorted(CONNECTOR_TEMPLATE_ROOTS))})")
+        templating.check(value, path="template", roots=CONNECTOR_TEMPLATE_ROOTS)
+    except templating.TemplateFailed as exc:
+        raise ValueError(exc.reason) from None
     return value
 
 

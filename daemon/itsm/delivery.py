@@ -71,7 +71,7 @@ from daemon.clock import Clock
 from daemon.config import NotificationsConfig, NotificationTarget, RetryConfig, SecretRef
 from daemon.itsm import slack_messages
 from daemon.itsm.connectors.base import ConnectorError
-from daemon.itsm.retry_after import parse_retry_after
+from daemon.itsm.replies import parse_retry_after, read_capped
 from daemon.models import incident_key
 from daemon.secrets import resolve
 from daemon.store import Store, StoreUnavailable
@@ -421,7 +421,7 @@ class Sender:
             async with self._client().post(url, data=body, headers=headers,
                                            allow_redirects=False,
                                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                text = (await _read(resp)).decode("utf-8", "replace")
+                text = (await read_capped(resp, _BODY_BYTES)).decode("utf-8", "replace")
                 after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
                 answer = classify(resp.status, retry_after=after, body=text)
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
@@ -478,19 +478,6 @@ def _outcome(row: Notification, answer: Answer, now: datetime, settings: _Settin
     return Outcome(id=row.id, state=State.PENDING, attempts=attempts,
                    next_attempt_at=now + timedelta(seconds=wait),
                    last_status=answer.status, last_error=answer.error, delivered_at=None)
-
-
-async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    """The body, up to `_BODY_BYTES` (a target's error page needs no more)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < _BODY_BYTES:
-        chunk = await resp.content.read(_BODY_BYTES - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _slack_api(answer: Answer, text: str) -> Answer:

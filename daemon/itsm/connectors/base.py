@@ -26,7 +26,7 @@ import orjson
 
 from daemon import __version__
 from daemon.config import ConfigError, ConnectorAuth
-from daemon.itsm.retry_after import parse_retry_after
+from daemon.itsm.replies import parse_retry_after, read_capped
 from daemon.models import ConfigurationItem
 from daemon.secrets import resolve
 
@@ -260,7 +260,7 @@ class Http:
             async with self._session.request(method, url, params=params, data=body,
                                              headers=sent, allow_redirects=False,
                                              timeout=self._timeout) as resp:
-                reply = Reply(resp.status, await _read(resp), dict(resp.headers))
+                reply = Reply(resp.status, await read_capped(resp, _BODY_BYTES), dict(resp.headers))
         except TimeoutError:
             raise ConnectorError(f"{self.name}: {method} {_path(path)} timed out",
                                  retryable=True) from None
@@ -284,18 +284,6 @@ class Http:
         for value in self._hidden:
             text = text.replace(value, "<secret>")
         return text
-
-
-async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < _BODY_BYTES:
-        chunk = await resp.content.read(_BODY_BYTES - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _path(path: str) -> str:

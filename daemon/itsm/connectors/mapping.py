@@ -1,9 +1,8 @@
 """Field mapping shared by the connectors: templates, the event in one line, ADF.
 
 Templates come from the configuration (defaults that work, overridable per
-connector) and render in Jinja2's immutable sandbox with `StrictUndefined`:
-incident text is data, never code. This is a small sandbox of the ITSM layer's
-own, not the runbooks' (that layer sits above this one).
+connector) and render in the one sandbox of `daemon.templating`: incident text
+is data, never code.
 
 The render context is `{"incident": {...}, "event": {...}, "ci": {...} | None,
 "note": "<the event in one line>"}`; the incident is the snapshot the outbox event
@@ -12,57 +11,32 @@ carries (its JSON as notifications show it).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
-from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from daemon import templating
 from daemon.itsm.connectors.base import ConnectorError
 
 MAX_RENDERED_CHARS = 32 * 1024  # a field of a ticket, not a document
-
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-for _name in ("lipsum", "cycler", "joiner", "range"):
-    _ENV.globals.pop(_name, None)
-
-
-@functools.lru_cache(maxsize=256)
-def _compile(template: str) -> Template:
-    return _ENV.from_string(template)
 
 
 def render(template: str, context: Mapping[str, Any], *, path: str) -> str:
     """One template to one string; a template that cannot render is a dead letter
     (`ConnectorError`, not retryable): the configuration must change, not the timing."""
     try:
-        text = _compile(template).render(context)
-    except TemplateSyntaxError as exc:
-        raise ConnectorError(f"{path}: template syntax error: {exc.message}",
-                             retryable=False) from None
-    except SecurityError as exc:
-        raise ConnectorError(f"{path}: refused by the sandbox: {exc}", retryable=False) from None
-    except UndefinedError as exc:
-        raise ConnectorError(f"{path}: undefined: {exc}", retryable=False) from None
-    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError,
-            AttributeError) as exc:
-        raise ConnectorError(f"{path}: render error: {type(exc).__name__}",
-                             retryable=False) from None
+        text = templating.render(template, context, path=path)
+    except templating.TemplateFailed as exc:
+        raise ConnectorError(str(exc), retryable=False) from None
     return text[:MAX_RENDERED_CHARS]
 
 
 def render_json(value: Any, context: Mapping[str, Any], *, path: str) -> Any:
     """Every string inside a JSON value rendered (keys stay as written)."""
-    if isinstance(value, str):
-        return render(value, context, path=path)
-    if isinstance(value, list):
-        return [render_json(v, context, path=f"{path}.{i}") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: render_json(v, context, path=f"{path}.{k}") for k, v in value.items()}
-    return value
+    try:
+        return templating.render_json(value, context, path=path)
+    except templating.TemplateFailed as exc:
+        raise ConnectorError(str(exc), retryable=False) from None
 
 
 # -- the event in one line ----------------------------------------------------------

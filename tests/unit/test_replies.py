@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daemon.itsm.retry_after import MAX_RETRY_AFTER_SECONDS, parse_retry_after
+from daemon.itsm.replies import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
