@@ -161,7 +161,7 @@ async def test_a_connector_without_inbound_credentials_takes_no_updates(
     ({"connectors": [{"name": "a", "type": "jira", "url": "https://x",
                       "auth": {"bearer": {"env": "T"}}, "mapping": {"project": "OPS",
                                                                     "summary": "{{ alert }}"}}]},
-     "connectors.0.jira.mapping.summary: unknown template variable alert"),
+     "connectors.0.jira.mapping.summary: unknown variable alert"),
     ({"connectors": [{"name": "a", "type": "jira", "url": "https://x",
                       "auth": {"bearer": {"env": "T"}}, "mapping": {"project": "OPS",
                                                                     "labels": ["two words"]}}]},
