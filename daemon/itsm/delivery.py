@@ -52,8 +52,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +70,7 @@ from daemon.config import NotificationsConfig, NotificationTarget, RetryConfig, 
 from daemon.itsm import slack_messages
 from daemon.itsm.connectors.base import ConnectorError
 from daemon.itsm.replies import parse_retry_after, read_capped
+from daemon.itsm.signing import signature
 from daemon.models import incident_key
 from daemon.secrets import resolve
 from daemon.store import Store, StoreUnavailable
@@ -213,11 +212,6 @@ class Target:
     @property
     def slack_api(self) -> bool:
         return self.config.type == "slack" and not self.webhook_url
-
-
-def signature(secrets: Sequence[bytes], body: bytes) -> str:
-    """`X-Incidentd-Signature`: `v1=<hex HMAC-SHA256(secret, body)>` per secret, by commas."""
-    return ",".join("v1=" + hmac.new(s, body, hashlib.sha256).hexdigest() for s in secrets)
 
 
 def build_targets(configs: Sequence[NotificationTarget]) -> dict[str, Target]:

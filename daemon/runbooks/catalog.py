@@ -36,7 +36,10 @@ from pydantic import (
 
 from daemon.correlation.binding import Matcher
 from daemon.models import IncidentStatus
-from daemon.runbooks.templates import CONTEXT_ROOTS, TemplateFailed, check
+from daemon.templating import TemplateFailed, check
+
+# The variables a template may name; anything else is a mistake caught at load time.
+CONTEXT_ROOTS = frozenset({"alert", "incident", "ci", "params", "run"})
 
 ACTIONS_GROUP = "incidentd.runbook_actions"
 

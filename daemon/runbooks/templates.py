@@ -11,20 +11,14 @@ The render context is
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from daemon.runbooks.catalog import CONTEXT_ROOTS, Step
 from daemon.templating import MAX_RENDERED_CHARS, TemplateFailed, render, render_json
 from daemon.templating import check as check_template
 
-if TYPE_CHECKING:
-    from daemon.runbooks.catalog import Step
-
 __all__ = ["CONTEXT_ROOTS", "MAX_RENDERED_CHARS", "TemplateFailed", "check", "render",
            "render_json", "render_step"]
-
-# The variables a template may name; anything else is a mistake caught at load time.
-CONTEXT_ROOTS = frozenset({"alert", "incident", "ci", "params", "run"})
-
 
 def check(template: str, *, path: str, roots: Iterable[str] = CONTEXT_ROOTS) -> None:
     """Compile `template` and check it names only runbook variables (`roots` narrows

@@ -38,8 +38,8 @@ from daemon.itsm.connectors.base import (
     Ticket,
     text_of,
 )
-from daemon.itsm.delivery import signature
 from daemon.itsm.inbound_webhook import IncidentRef
+from daemon.itsm.signing import signature
 from daemon.models import person_actor
 from daemon.receivers.validation import invalid_input
 from daemon.secrets import resolve
