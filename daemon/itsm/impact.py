@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.correlation.topology import Topology
 from daemon.itsm.priority import PriorityMatrix
-from daemon.models import SYSTEM_ACTOR, Role, Severity, TimelineEntry, TimelineKind
+from daemon.models import SYSTEM_ACTOR, Severity, TimelineEntry, TimelineKind
 from daemon.store import incidents as store
-from daemon.store.incidents import MemberAlert
+from daemon.store.incidents import CiState
 
 # Bounds the impact list of a root cause deep in a huge graph (a core switch).
 MAX_IMPACTED = 10_000
@@ -58,22 +58,27 @@ class SeverityRaised:
 async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
                   now: datetime, *, priorities: PriorityMatrix) -> list[SeverityRaised]:
     """Recompute root cause, impact, alert roles, severity (it only ever rises) and
-    priority (unless set by hand) of incidents whose alerts changed."""
+    priority (unless set by hand) of incidents whose alerts changed.
+
+    It reads one row per (incident, CI), and only the labels the priority rules look
+    at, not every alert: a batch costs the same whatever the size of the incidents."""
     ids = sorted(set(incident_ids))
     if not ids:
         return []
-    by_incident: dict[int, list[MemberAlert]] = {i: [] for i in ids}
-    for member in await store.members(conn, ids):
-        by_incident[member.incident_id].append(member)
+    by_incident: dict[int, list[CiState]] = {i: [] for i in ids}
+    for state in await store.ci_states(conn, ids):
+        by_incident[state.incident_id].append(state)
+    labels = await store.label_values(conn, ids, priorities.label_names)
     before = await store.assessed(conn, ids)
-    rows, roles, entries, raised = [], [], [], []
-    for incident_id, members in by_incident.items():
-        firing = [m.ci_id for m in members if m.firing and m.ci_id]
-        root = root_cause(topology, firing or [m.ci_id for m in members if m.ci_id])
+    rows, entries, raised = [], [], []
+    roots: dict[int, str | None] = {}
+    for incident_id, states in by_incident.items():
+        firing = [s.ci_id for s in states if s.firing and s.ci_id]
+        root = root_cause(topology, firing or [s.ci_id for s in states if s.ci_id])
         impacted, services = impact(topology, root)
         stored = before[incident_id]
         previous, severity = stored.root_cause_ci, stored.severity
-        worst = min((m.severity for m in members), key=lambda s: s.rank, default=severity)
+        worst = min((s.worst for s in states), key=lambda s: s.rank, default=severity)
         if worst.rank < severity.rank:
             raised.append(SeverityRaised(incident_id, severity, worst))
             entries.append((incident_id, TimelineEntry(
@@ -81,7 +86,7 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
                 detail={"from": severity.value, "to": worst.value})))
             severity = worst
         assessment = priorities.assess(topology=topology, root=root, services=services,
-                                       severity=severity, labels=(m.labels for m in members))
+                                       severity=severity, labels=labels.get(incident_id, ()))
         row = {"incident_id": incident_id, "root": root, "cis": impacted,
                "services": services, "sev": severity.value, "prio": assessment.priority.value,
                "imp": assessment.impact, "urg": assessment.urgency}
@@ -93,19 +98,13 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
                 at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.PRIORITY_CHANGED,
                 detail={"from": stored.priority.value, "to": assessment.priority.value})))
         rows.append(row)
-        roles += [(incident_id, m.alert_id, _role(m, root)) for m in members]
+        roots[incident_id] = root
         if root != previous and previous is not None:
             entries.append((incident_id, TimelineEntry(
                 at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ROOT_CAUSE_CHANGED,
                 detail={"from": previous, "to": root})))
     await store.set_impact(conn, rows)
-    await store.set_roles(conn, roles)
+    await store.set_roles(conn, roots)
     await store.add_timeline(conn, entries)
     return raised
-
-
-def _role(member: MemberAlert, root: str | None) -> str:
-    if member.ci_id is None:
-        return Role.UNBOUND
-    return Role.ROOT_CAUSE if member.ci_id == root else Role.SYMPTOM
 

@@ -49,6 +49,11 @@ class PriorityMatrix:
             raise ConfigError(problems)
         self._rules = rules
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The labels the rules look at: all `assess` needs of an alert's labels."""
+        return tuple(sorted({m.name for rule in self._rules for m in rule.matchers}))
+
     def priority(self, impact: int, urgency: int) -> Priority:
         return Priority(self._config.matrix[impact - 1][urgency - 1])
 

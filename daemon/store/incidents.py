@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,7 @@ from daemon.models import (
     IncidentStatus,
     Link,
     Priority,
+    Role,
     Severity,
     TimelineEntry,
     TimelineKind,
@@ -330,13 +331,26 @@ async def open_incident_cis(
     conn: AsyncConnection, *, since: datetime
 ) -> dict[int, tuple[datetime, datetime, set[str]]]:
     """Open incidents active since `since` that have bound alerts:
-    id → (created_at, last activity, their alerts' CIs)."""
+    id → (created_at, last activity, their alerts' CIs).
+
+    Last activity is the newest `last_seen` of an incident's bound alerts, so an
+    incident is active exactly when one of them was seen since `since`. That test
+    runs in SQL on the partial index ix_alerts_bound_last_seen, touching only
+    recently seen alerts; only the active incidents' links are then read, one row
+    per (incident, CI) however many alerts share the CI.
+    """
+    bound = alerts.c.ci_id.is_not(None)
+    active = (
+        sa.select(incident_alerts.c.incident_id)
+        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+        .where(bound, alerts.c.last_seen >= since)
+    )
     result = await conn.execute(
         sa.select(incidents.c.id, incidents.c.created_at, alerts.c.ci_id,
                   sa.func.max(alerts.c.last_seen).label("last_seen"))
         .join(incident_alerts, incident_alerts.c.incident_id == incidents.c.id)
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(incidents.c.status.in_(_OPEN), alerts.c.ci_id.is_not(None))
+        .where(incidents.c.id.in_(active), incidents.c.status.in_(_OPEN), bound)
         .group_by(incidents.c.id, incidents.c.created_at, alerts.c.ci_id)
     )
     out: dict[int, tuple[datetime, datetime, set[str]]] = {}
@@ -344,7 +358,7 @@ async def open_incident_cis(
         created, last, cis = out.get(r.id, (r.created_at, r.last_seen, set()))
         cis.add(r.ci_id)
         out[r.id] = (created, max(last, r.last_seen), cis)
-    return {k: v for k, v in out.items() if v[1] >= since}
+    return out
 
 
 async def move_links(conn: AsyncConnection, *, from_id: int, into_id: int) -> None:
@@ -355,27 +369,55 @@ async def move_links(conn: AsyncConnection, *, from_id: int, into_id: int) -> No
 
 
 @dataclass(frozen=True, slots=True)
-class MemberAlert:
+class CiState:
+    """What the alerts of one incident on one CI (or on none: `ci_id` None) add up to."""
+
     incident_id: int
-    alert_id: int
     ci_id: str | None
-    firing: bool
-    severity: Severity
-    labels: dict[str, str]
+    firing: bool  # any of them firing
+    worst: Severity  # the most severe of them
 
 
-async def members(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[MemberAlert]:
+# Severity.rank in SQL, so the worst severity is a MIN over the alerts.
+_RANK = sa.case({s.value: s.rank for s in Severity}, value=alerts.c.severity)
+_BY_RANK = {s.rank: s for s in Severity}
+
+
+async def ci_states(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[CiState]:
+    """One row per (incident, CI) however many alerts share the CI: an incident's
+    assessment needs no more, and its cost stays flat as the incident grows."""
     ids = list(set(incident_ids))
     if not ids:
         return []
+    firing = sa.case((alerts.c.status == AlertStatus.FIRING.value, 1), else_=0)
     result = await conn.execute(
-        sa.select(incident_alerts.c.incident_id, alerts.c.id, alerts.c.ci_id, alerts.c.status,
-                  alerts.c.severity, alerts.c.labels)
+        sa.select(incident_alerts.c.incident_id, alerts.c.ci_id,
+                  sa.func.max(firing).label("firing"), sa.func.min(_RANK).label("rank"))
+        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+        .where(incident_alerts.c.incident_id.in_(ids))
+        .group_by(incident_alerts.c.incident_id, alerts.c.ci_id)
+    )
+    return [CiState(r.incident_id, r.ci_id, bool(r.firing), _BY_RANK[r.rank]) for r in result]
+
+
+async def label_values(conn: AsyncConnection, incident_ids: Iterable[int],
+                       names: Sequence[str]) -> dict[int, list[dict[str, str]]]:
+    """The distinct combinations of the labels `names` among each incident's alerts, a
+    label an alert lacks left out: all that matchers on those names can tell apart."""
+    ids = list(set(incident_ids))
+    if not ids or not names:
+        return {}
+    values = [alerts.c.labels[name].as_string() for name in names]
+    result = await conn.execute(
+        sa.select(incident_alerts.c.incident_id, *values).distinct()
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
         .where(incident_alerts.c.incident_id.in_(ids))
     )
-    return [MemberAlert(r.incident_id, r.id, r.ci_id, r.status == AlertStatus.FIRING.value,
-                        Severity(r.severity), r.labels) for r in result]
+    out: dict[int, list[dict[str, str]]] = {}
+    for incident_id, *found in result:
+        labels = {n: v for n, v in zip(names, found, strict=True) if v is not None}
+        out.setdefault(incident_id, []).append(labels)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,16 +458,27 @@ async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> N
         )
 
 
-async def set_roles(conn: AsyncConnection, roles: Sequence[tuple[int, int, str]]) -> None:
-    """(incident_id, alert_id, role) triples."""
-    if roles:
-        await conn.execute(
-            sa.update(incident_alerts)
-            .where(incident_alerts.c.incident_id == sa.bindparam("i"),
-                   incident_alerts.c.alert_id == sa.bindparam("a"))
-            .values(role=sa.bindparam("r")),
-            [{"i": i, "a": a, "r": r} for i, a, r in roles],
-        )
+async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None]) -> int:
+    """Give the alerts of each incident their role from their CI and the incident's
+    root-cause CI (incident id → root). Writes only the links whose role changes, in
+    one statement; returns how many."""
+    if not roots:
+        return 0
+    ci = (sa.select(alerts.c.ci_id).where(alerts.c.id == incident_alerts.c.alert_id)
+          .scalar_subquery())
+    known = {i: root for i, root in roots.items() if root is not None}
+    root = sa.case(known, value=incident_alerts.c.incident_id) if known else sa.null()
+    # A bound alert whose CI is not the root (or with no root) is a symptom: `ci == NULL`
+    # is not true.
+    role = sa.case((ci.is_(None), Role.UNBOUND.value), (ci == root, Role.ROOT_CAUSE.value),
+                   else_=Role.SYMPTOM.value)
+    result = await conn.execute(
+        sa.update(incident_alerts)
+        .where(incident_alerts.c.incident_id.in_(list(roots)),
+               incident_alerts.c.role.is_distinct_from(role))
+        .values(role=role)
+    )
+    return result.rowcount
 
 
 async def resolved_before(conn: AsyncConnection, before: datetime, limit: int = 1000
