@@ -75,6 +75,13 @@ alerts = sa.Table(
     ),
     sa.Index("ix_alerts_status_id", "status", "id"),
     sa.Index("ix_alerts_identity_first_seen", "source", "fingerprint", "first_seen"),
+    # The correlator's window: bound alerts seen recently (migration 0010).
+    sa.Index(
+        "ix_alerts_bound_last_seen",
+        "last_seen",
+        sqlite_where=sa.text("ci_id IS NOT NULL"),
+        postgresql_where=sa.text("ci_id IS NOT NULL"),
+    ),
 )
 
 incidents = sa.Table(
