@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,27 +109,15 @@ class Store:
         sent yet then, so a retry cannot do anything twice. Once the block has
         started, nothing is retried here; the caller decides.
         """
-        try:
+        with _unavailable_as_store_error():
             async with AsyncExitStack() as stack:
                 yield await self._begin(stack, connect_attempts)
-        except StoreUnavailable:
-            raise
-        except Exception as err:
-            if is_unavailable(err):
-                raise StoreUnavailable(_reason(err)) from err
-            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _unavailable_as_store_error():
             async with self._reader.connect() as conn:
                 yield conn
-        except StoreUnavailable:
-            raise
-        except Exception as err:
-            if is_unavailable(err):
-                raise StoreUnavailable(_reason(err)) from err
-            raise
 
     async def _begin(self, stack: AsyncExitStack, attempts: int) -> AsyncConnection:
         if attempts <= 1 or self.dialect == "sqlite":  # SQLite's busy_timeout waits already
@@ -208,3 +196,17 @@ def _sqlite_pragmas(engine: AsyncEngine, *, synchronous: str, read_only: bool) -
         # IMMEDIATE takes the write lock up front, so a writer never fails
         # half-way on a lock upgrade; readers need no lock in WAL mode.
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    """Errors that mean "the database is away" leave the store as `StoreUnavailable`;
+    anything else (a bug) leaves as it came."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as err:
+        if is_unavailable(err):
+            raise StoreUnavailable(_reason(err)) from err
+        raise
