@@ -193,8 +193,12 @@ class GuardedSite(web.BaseSite):
     """A TCP site like `web.TCPSite` whose connections are `GuardedRequestHandler`s."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
-                 limits: ServerLimits, backlog: int = 128) -> None:
-        super().__init__(runner, backlog=backlog)
+                 limits: ServerLimits) -> None:
+        # A burst of new connections beyond the accept queue is dropped by the kernel
+        # and retried by the client with exponential backoff: its first bytes can then
+        # arrive seconds late. Size the queue for the connections we mean to serve
+        # (the kernel caps it at net.core.somaxconn).
+        super().__init__(runner, backlog=max(128, limits.max_connections))
         self._host = host
         self._port = port
         self._limits = limits
