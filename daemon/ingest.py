@@ -172,9 +172,11 @@ class Pipeline:
         merged = await incidents.merge_incidents(conn, plan.merges, now)
         touched = {t.incident.id for t in opened} | set(plan.joins) | set(split.flapping)
         touched |= set(back)
-        touched |= {into for _, into in plan.merges}
+        merged_into = {into for _, into in plan.merges}
+        touched |= merged_into
         result.raised += await impact.refresh(conn, self._topology.current, touched, now,
-                                              priorities=stages.priorities)
+                                              priorities=stages.priorities,
+                                              merged_into=merged_into)
         result.transitions += reopened + opened + merged
         result.touched |= touched
 

@@ -66,17 +66,55 @@ _ENV = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
 _ENV.filters["strip_port"] = strip_port
 
 
+# The shapes of the default rules (`{{ labels.ci }}`, `{{ labels.instance | strip_port }}`):
+# a label, maybe without its port. Rendering them through the sandbox costs more than
+# everything else binding does, so they are done as a dictionary lookup.
+_LABEL_TEMPLATE = re.compile(
+    r"^\{\{-?\s*labels\.([A-Za-z][A-Za-z0-9_]*)\s*(\|\s*strip_port\s*)?-?\}\}$")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelLookup:
+    """A template that only names a label (maybe through `strip_port`), as the template
+    would render it: "" when the label is missing."""
+
+    name: str
+    strip_port: bool
+
+    @classmethod
+    def of(cls, source: str) -> LabelLookup | None:
+        found = _LABEL_TEMPLATE.match(source.strip())
+        # Jinja looks a name up as an attribute first: `labels.items` is dict.items, not
+        # the label. Such names keep the template.
+        if found is None or hasattr({}, found.group(1)):
+            return None
+        return cls(found.group(1), found.group(2) is not None)
+
+    def render(self, labels: dict[str, str]) -> str:
+        if self.name not in labels:
+            return ""
+        text = str(labels[self.name])
+        return strip_port(text) if self.strip_port else text
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     matchers: tuple[Matcher, ...]
     sources: frozenset[str] | None
     template: object  # a jinja2 Template
+    lookup: LabelLookup | None = None  # the template's result without jinja2, when it can
 
     def candidate(self, alert: Alert) -> str:
         if self.sources is not None and alert.source not in self.sources:
             return ""
         if not all(m.matches(alert.labels) for m in self.matchers):
             return ""
+        if self.lookup is not None and type(alert.labels) is dict:
+            return self.lookup.render(alert.labels).strip()
+        return self.render(alert)
+
+    def render(self, alert: Alert) -> str:
+        """The template through jinja2's sandbox (what `lookup` stands in for)."""
         rendered: str = self.template.render(  # type: ignore[attr-defined]
             labels=alert.labels, annotations=alert.annotations, source=alert.source,
             integration=alert.integration, fingerprint=alert.fingerprint,
@@ -97,7 +135,7 @@ def compile_rules(rules: Sequence[BindingRule], *, where: str = "correlation.bin
             problems.append(f"{where}.{i}: {exc}")
             continue
         sources = frozenset(rule.sources) if rule.sources is not None else None
-        compiled.append(CompiledRule(matchers, sources, template))
+        compiled.append(CompiledRule(matchers, sources, template, LabelLookup.of(rule.ci)))
     if problems:
         raise ConfigError(problems)
     return compiled

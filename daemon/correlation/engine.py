@@ -96,11 +96,12 @@ class Correlator:
     def index(self, bound: Mapping[int, tuple[datetime, datetime, set[str]]]) -> Index:
         """The open incidents, indexed by their CIs and the CIs those depend on."""
         index = Index()
+        owner = index.owner
         for incident_id, (created, activity, cis) in bound.items():
-            group = Group(incident_id, created, activity, f"incident:{incident_id}")
-            index.groups[incident_id] = group
-            for ci in cis:
-                index.note(group, ci)
+            index.groups[incident_id] = Group(incident_id, created, activity,
+                                              f"incident:{incident_id}", set(cis))
+            for ci in cis:  # Index.note inlined: thousands of CIs per batch
+                owner.setdefault(ci, set()).add(incident_id)
         return index
 
     def decide(self, index: Index, ci: str, now: datetime) -> Group:

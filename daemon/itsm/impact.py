@@ -9,7 +9,7 @@ services among them and those they belong to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +19,6 @@ from daemon.correlation.topology import Topology
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import SYSTEM_ACTOR, Severity, TimelineEntry, TimelineKind
 from daemon.store import incidents as store
-from daemon.store.incidents import CiState
 
 # Bounds the impact list of a root cause deep in a huge graph (a core switch).
 MAX_IMPACTED = 10_000
@@ -27,15 +26,18 @@ MAX_IMPACTED = 10_000
 
 def root_cause(topology: Topology, cis: Iterable[str], depth: int = 8) -> str | None:
     """Dependencies further than `depth` hops apart are not compared (bounded cost)."""
-    present = {ci for ci in cis if ci in topology}
+    present = topology.cis.keys() & cis
     if not present:
         return None
     below: dict[str, int] = dict.fromkeys(present, 0)  # how many others depend on it
     has_upstream: set[str] = set()
+    upstream = topology.upstream
     for ci in present:
-        for dep in topology.upstream(ci, depth) & present:
-            below[dep] += 1
+        deps = upstream(ci, depth) & present
+        if deps:
             has_upstream.add(ci)
+            for dep in deps:
+                below[dep] += 1
     tops = (present - has_upstream) or present
     return min(tops, key=lambda ci: (-below[ci], topology.cis[ci].criticality, ci))
 
@@ -56,29 +58,28 @@ class SeverityRaised:
 
 
 async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
-                  now: datetime, *, priorities: PriorityMatrix) -> list[SeverityRaised]:
+                  now: datetime, *, priorities: PriorityMatrix,
+                  merged_into: Collection[int] = ()) -> list[SeverityRaised]:
     """Recompute root cause, impact, alert roles, severity (it only ever rises) and
-    priority (unless set by hand) of incidents whose alerts changed.
+    priority (unless set by hand) of incidents whose alerts changed: alerts linked at
+    `now`, or moved in from other incidents (`merged_into`: those that took them).
 
     It reads one row per (incident, CI), and only the labels the priority rules look
     at, not every alert: a batch costs the same whatever the size of the incidents."""
     ids = sorted(set(incident_ids))
     if not ids:
         return []
-    by_incident: dict[int, list[CiState]] = {i: [] for i in ids}
-    for state in await store.ci_states(conn, ids):
-        by_incident[state.incident_id].append(state)
+    summaries = await store.ci_summaries(conn, ids)
     labels = await store.label_values(conn, ids, priorities.label_names)
     before = await store.assessed(conn, ids)
     rows, entries, raised = [], [], []
     roots: dict[int, str | None] = {}
-    for incident_id, states in by_incident.items():
-        firing = [s.ci_id for s in states if s.firing and s.ci_id]
-        root = root_cause(topology, firing or [s.ci_id for s in states if s.ci_id])
+    for incident_id, summary in summaries.items():
+        root = root_cause(topology, summary.firing or summary.cis)
         impacted, services = impact(topology, root)
         stored = before[incident_id]
         previous, severity = stored.root_cause_ci, stored.severity
-        worst = min((s.worst for s in states), key=lambda s: s.rank, default=severity)
+        worst = severity if summary.worst is None else summary.worst
         if worst.rank < severity.rank:
             raised.append(SeverityRaised(incident_id, severity, worst))
             entries.append((incident_id, TimelineEntry(
@@ -104,7 +105,11 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
                 at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.ROOT_CAUSE_CHANGED,
                 detail={"from": previous, "to": root})))
     await store.set_impact(conn, rows)
-    await store.set_roles(conn, roots)
+    # An incident whose root stayed and that took in no other's links needs roles only
+    # for the alerts just linked (and a root-cause link, were there a stray one).
+    settled = {i for i, root in roots.items()
+               if root == before[i].root_cause_ci and i not in merged_into}
+    await store.set_roles(conn, roots, settled=settled, added_at=now)
     await store.add_timeline(conn, entries)
     return raised
 

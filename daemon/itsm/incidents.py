@@ -19,7 +19,6 @@ from daemon.correlation.engine import Group, Placed
 from daemon.errors import InvalidInput, InvalidTransition, NotFound
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import (
-    OPEN_STATUSES,
     SYSTEM_ACTOR,
     Acknowledgement,
     Alert,
@@ -137,21 +136,18 @@ async def merge_incidents(
     conn: AsyncConnection, merges: Sequence[tuple[int, int]], now: datetime
 ) -> list[Transition]:
     """Fold each incident into the older one an alert connected it to; it closes as merged."""
-    transitions = []
-    for from_id, into_id in merges:
-        await store.move_links(conn, from_id=from_id, into_id=into_id)
-        moved = await store.transition(
-            conn, [from_id], allowed_from=OPEN_STATUSES, to=IncidentStatus.CLOSED,
-            values={"merged_into": into_id, "resolved_at": now},
-        )
-        await store.add_timeline(conn, [
+    moved = await store.merge(conn, merges, now)
+    await store.add_timeline(conn, [
+        entry
+        for from_id, into_id in merges
+        for entry in (
             (from_id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.MERGED,
                                     detail={"into": incident_key(into_id)})),
             (into_id, TimelineEntry(at=now, actor=SYSTEM_ACTOR, kind=TimelineKind.MERGED,
                                     detail={"from": incident_key(from_id)})),
-        ])
-        transitions += [Transition(m, _was(m), How.AUTOMATIC) for m in moved]
-    return transitions
+        )
+    ])
+    return [Transition(m, _was(m), How.AUTOMATIC) for m in moved]
 
 
 async def resolve_cleared(

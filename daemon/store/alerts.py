@@ -37,22 +37,9 @@ class ResolvedAlert:
     incident_ids: tuple[int, ...]
 
 
-def _insert(conn: AsyncConnection) -> Any:
-    return postgresql.insert(alerts) if conn.dialect.name == "postgresql" else sqlite.insert(alerts)
-
-
-async def upsert_firing(
-    conn: AsyncConnection, batch: Sequence[Alert], now: datetime
-) -> list[UpsertedAlert]:
-    """Insert firing alerts; an identity that is already firing is updated instead.
-
-    The caller guarantees each (source, fingerprint) appears once in `batch`:
-    PostgreSQL refuses to update one row twice in a statement.
-    """
-    if not batch:
-        return []
-    stmt = _insert(conn)
-    stmt = stmt.on_conflict_do_update(
+def _upsert(insert: Any) -> Any:
+    stmt = insert(alerts)
+    return stmt.on_conflict_do_update(
         index_elements=[alerts.c.source, alerts.c.fingerprint],
         index_where=FIRING,
         set_={
@@ -66,8 +53,24 @@ async def upsert_firing(
             "details": stmt.excluded.details,
         },
     ).returning(alerts.c.id, alerts.c.source, alerts.c.fingerprint, alerts.c.occurrences)
+
+
+# Built once: a statement built per call costs its cache key every time.
+_UPSERT = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
+
+
+async def upsert_firing(
+    conn: AsyncConnection, batch: Sequence[Alert], now: datetime
+) -> list[UpsertedAlert]:
+    """Insert firing alerts; an identity that is already firing is updated instead.
+
+    The caller guarantees each (source, fingerprint) appears once in `batch`:
+    PostgreSQL refuses to update one row twice in a statement.
+    """
+    if not batch:
+        return []
     rows = [_row(a, now) for a in batch]
-    result = await conn.execute(stmt, rows)
+    result = await conn.execute(_UPSERT[conn.dialect.name], rows)
     return [UpsertedAlert(r.id, r.source, r.fingerprint, r.occurrences) for r in result]
 
 
@@ -101,24 +104,37 @@ async def resolve_firing(
     if not batch:
         return []
     ends = {(a.source, a.fingerprint): a.ends_at or now for a in batch}
-    found = await conn.execute(
-        sa.select(alerts.c.id, alerts.c.source, alerts.c.fingerprint).where(
-            alerts.c.status == AlertStatus.FIRING.value,
-            sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(list(ends)),
-        )
-    )
-    targets = [(r.id, r.source, r.fingerprint) for r in found]
-    if not targets:
+    # The firing alerts and their incidents in one read (an alert in no incident: a row
+    # with no incident id).
+    found: dict[int, tuple[str, str, list[int]]] = {}
+    for alert_id, source, fingerprint, incident_id in await conn.execute(
+            _FIRING_WITH_INCIDENTS, {"keys": list(ends)}):
+        links = found.setdefault(alert_id, (source, fingerprint, []))[2]
+        if incident_id is not None:
+            links.append(incident_id)
+    if not found:
         return []
-    await conn.execute(
-        sa.update(alerts)
-        .where(alerts.c.id == sa.bindparam("alert_id"))
-        .values(status=AlertStatus.RESOLVED.value, resolved_at=now, last_seen=now,
-                ends_at=sa.bindparam("ends", type_=UTCDateTime())),
-        [{"alert_id": i, "ends": ends[(s, f)]} for i, s, f in targets],
-    )
-    links = await incident_ids_of(conn, [t[0] for t in targets])
-    return [ResolvedAlert(i, s, f, links.get(i, ())) for i, s, f in targets]
+    await conn.execute(_RESOLVE, [{"alert_id": i, "now": now, "ends": ends[(s, f)]}
+                                  for i, (s, f, _) in found.items()])
+    return [ResolvedAlert(i, s, f, tuple(links)) for i, (s, f, links) in found.items()]
+
+
+_FIRING_WITH_INCIDENTS = (
+    sa.select(alerts.c.id, alerts.c.source, alerts.c.fingerprint, incident_alerts.c.incident_id)
+    .outerjoin(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
+    .where(alerts.c.status == AlertStatus.FIRING.value,
+           sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(
+               sa.bindparam("keys", expanding=True)))
+    .order_by(alerts.c.id)
+)
+_RESOLVE = (
+    sa.update(alerts)
+    .where(alerts.c.id == sa.bindparam("alert_id"))
+    .values(status=AlertStatus.RESOLVED.value,
+            resolved_at=sa.bindparam("now", type_=UTCDateTime()),
+            last_seen=sa.bindparam("now", type_=UTCDateTime()),
+            ends_at=sa.bindparam("ends", type_=UTCDateTime()))
+)
 
 
 async def resolve_of_incident(conn: AsyncConnection, incident_id: int, now: datetime) -> int:
@@ -154,6 +170,8 @@ async def firing_incident_ids(
 async def incident_ids_of(
     conn: AsyncConnection, alert_ids: Sequence[int]
 ) -> dict[int, tuple[int, ...]]:
+    if not alert_ids:
+        return {}
     result = await conn.execute(
         sa.select(incident_alerts.c.alert_id, incident_alerts.c.incident_id).where(
             incident_alerts.c.alert_id.in_(alert_ids)
@@ -190,19 +208,25 @@ class EarlierFirings:
         return len(found), max(found, default=0)
 
 
+_EARLIER = (
+    sa.select(alerts.c.source, alerts.c.fingerprint, alerts.c.id, alerts.c.first_seen)
+    .where(sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(
+               sa.bindparam("keys", expanding=True)),
+           alerts.c.first_seen >= sa.bindparam("since", type_=UTCDateTime()),
+           alerts.c.id.not_in(sa.bindparam("ids", expanding=True)))
+    .order_by(alerts.c.id)
+)
+
+
 async def earlier_firings(
     conn: AsyncConnection, new: Sequence[tuple[Alert, int]], *, since: datetime
 ) -> EarlierFirings:
     """One query per batch serves both flapping and reopening."""
     if not new:
         return EarlierFirings({})
-    keys = [(a.source, a.fingerprint) for a, _ in new]
-    result = await conn.execute(
-        sa.select(alerts.c.source, alerts.c.fingerprint, alerts.c.id, alerts.c.first_seen)
-        .where(sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(keys),
-               alerts.c.first_seen >= since, alerts.c.id.not_in([i for _, i in new]))
-        .order_by(alerts.c.id)
-    )
+    result = await conn.execute(_EARLIER, {
+        "keys": [(a.source, a.fingerprint) for a, _ in new], "since": since,
+        "ids": [i for _, i in new]})
     out: dict[tuple[str, str], list[tuple[int, datetime]]] = {}
     for r in result:
         out.setdefault((r.source, r.fingerprint), []).append((r.id, r.first_seen))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -67,14 +67,27 @@ def _json_elements_pg(element: _json_elements, compiler: SQLCompiler, **kw: Any)
     return f"json_array_elements_text({compiler.process(element.clauses, **kw)})"
 
 
-def _primary_service() -> sa.Label[Any]:
+def _primary_service(dialect: str) -> sa.Label[Any]:
     # Correlated to the incident row, so it works in RETURNING as in SELECT. SQLite
-    # writes RETURNING columns unqualified: every name here must be unambiguous.
+    # writes RETURNING columns unqualified: every name here must be unambiguous, so
+    # there it is `cis.id IN (the services)` (json_each has an `id` of its own).
+    # PostgreSQL is driven from the incident's few services instead, each looked up by
+    # primary key: with the IN form (or a join), a PostgreSQL that had not analysed the
+    # tables yet scanned all of `cis` once per incident (100 ms for 40 incidents with
+    # 10,000 CIs); a lookup by key is a lookup by key whatever the statistics say.
     elements = _json_elements(incidents.c.impacted_services).table_valued("value")
+    if dialect == "postgresql":
+        service = elements.c.value
+        criticality = (sa.select(cis.c.criticality).where(cis.c.id == service)
+                       .scalar_subquery())
+        # Not EXISTS: PostgreSQL would make that a semi-join and scan `cis` again.
+        query = (sa.select(service).where(criticality.is_not(None))
+                 .order_by(criticality, service))
+    else:
+        query = (sa.select(cis.c.id).where(cis.c.id.in_(sa.select(elements.c.value)))
+                 .order_by(cis.c.criticality, cis.c.id))
     return (
-        sa.select(cis.c.id)
-        .where(cis.c.id.in_(sa.select(elements.c.value)))
-        .order_by(cis.c.criticality, cis.c.id)
+        query
         .limit(1)
         .correlate(incidents)
         .scalar_subquery()
@@ -82,16 +95,14 @@ def _primary_service() -> sa.Label[Any]:
     )
 
 
-_STATE_COLUMNS = (
-    incidents.c.id,
-    incidents.c.status,
-    incidents.c.severity,
-    incidents.c.created_at,
-    incidents.c.acknowledged_at,
-    incidents.c.resolved_at,
-    incidents.c.priority,
-    _primary_service(),
-)
+def _state_columns(dialect: str) -> tuple[Any, ...]:
+    return (incidents.c.id, incidents.c.status, incidents.c.severity, incidents.c.created_at,
+            incidents.c.acknowledged_at, incidents.c.resolved_at, incidents.c.priority,
+            _primary_service(dialect))
+
+
+# The columns of an IncidentState, by dialect (conn.dialect.name).
+_STATE_COLUMNS = {d: _state_columns(d) for d in ("sqlite", "postgresql")}
 
 
 def _state(row: Any) -> IncidentState:
@@ -173,17 +184,19 @@ async def open_without_firing_alerts(
     ids = list(set(incident_ids))
     if not ids:
         return []
-    firing = (
-        sa.select(incident_alerts.c.incident_id)
-        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(alerts.c.status == AlertStatus.FIRING.value, incident_alerts.c.incident_id.in_(ids))
-    )
-    result = await conn.execute(
-        sa.select(incidents.c.id).where(
-            incidents.c.id.in_(ids), incidents.c.status.in_(_OPEN), incidents.c.id.not_in(firing)
-        )
-    )
-    return [r.id for r in result]
+    return list((await conn.execute(_OPEN_WITHOUT_FIRING, {"ids": ids})).scalars())
+
+
+# NOT EXISTS, correlated: per incident, its links are looked up by index and the search
+# stops at the first firing alert, so a big incident costs one lookup, whatever the
+# planner believes about the tables (a `NOT IN (all firing alerts of these incidents)`
+# took 2.8 s on a PostgreSQL not yet analysed, a nested loop over 5,000 by 4,000 rows).
+_OPEN_WITHOUT_FIRING = sa.select(incidents.c.id).where(
+    incidents.c.id.in_(sa.bindparam("ids", expanding=True)), incidents.c.status.in_(_OPEN),
+    ~sa.exists().where(incident_alerts.c.incident_id == incidents.c.id,
+                       alerts.c.id == incident_alerts.c.alert_id,
+                       alerts.c.status == AlertStatus.FIRING.value),
+)
 
 
 async def transition(
@@ -203,7 +216,7 @@ async def transition(
         .where(incidents.c.id.in_(incident_ids),
                incidents.c.status.in_([s.value for s in allowed_from]))
         .values(status=to.value, **values)
-        .returning(*_STATE_COLUMNS)
+        .returning(*_STATE_COLUMNS[conn.dialect.name])
     )
     if where_resolved_since is not None:
         query = query.where(incidents.c.resolved_at >= where_resolved_since)
@@ -213,7 +226,8 @@ async def transition(
 
 async def get_state(conn: AsyncConnection, incident_id: int) -> IncidentState | None:
     row = (
-        await conn.execute(sa.select(*_STATE_COLUMNS).where(incidents.c.id == incident_id))
+        await conn.execute(sa.select(*_STATE_COLUMNS[conn.dialect.name])
+                           .where(incidents.c.id == incident_id))
     ).first()
     return _state(row) if row else None
 
@@ -224,7 +238,8 @@ async def get_states(conn: AsyncConnection, incident_ids: Iterable[int]
     ids = sorted(set(incident_ids))
     if not ids:
         return {}
-    result = await conn.execute(sa.select(*_STATE_COLUMNS).where(incidents.c.id.in_(ids)))
+    result = await conn.execute(sa.select(*_STATE_COLUMNS[conn.dialect.name])
+                                .where(incidents.c.id.in_(ids)))
     return {r.id: _state(r) for r in result}
 
 
@@ -234,11 +249,19 @@ async def list_incidents(
     statuses: Sequence[IncidentStatus] | None,
     limit: int,
     before_id: int | None,
+    priority: Priority | None = None,
+    service: str | None = None,
 ) -> list[Incident]:
-    """Newest first, keyset-paginated on id, each with its alerts (no timeline)."""
+    """Newest first, keyset-paginated on id, each with its alerts (no timeline).
+    `service`: only incidents with that CI among their impacted services."""
     query = sa.select(incidents).order_by(incidents.c.id.desc()).limit(limit)
     if statuses:
         query = query.where(incidents.c.status.in_([s.value for s in statuses]))
+    if priority is not None:
+        query = query.where(incidents.c.priority == priority.value)
+    if service is not None:
+        elements = _json_elements(incidents.c.impacted_services).table_valued("value")
+        query = query.where(sa.literal(service).in_(sa.select(elements.c.value)))
     if before_id is not None:
         query = query.where(incidents.c.id < before_id)
     rows = list(await conn.execute(query))
@@ -327,6 +350,29 @@ def _incident(
     )
 
 
+_BOUND = alerts.c.ci_id.is_not(None)
+# Open incidents with a bound alert seen since :since, and the newest such sighting. The
+# newest over the recent alerts is the newest over all of them, so the newest of all
+# is not needed (the partial index ix_alerts_bound_last_seen can serve the window).
+_ACTIVE_INCIDENTS = (
+    sa.select(incidents.c.id, incidents.c.created_at,
+              sa.func.max(alerts.c.last_seen).label("last_seen"))
+    .select_from(alerts)
+    .join(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
+    .join(incidents, incidents.c.id == incident_alerts.c.incident_id)
+    .where(_BOUND, alerts.c.last_seen >= sa.bindparam("since"),
+           incidents.c.status.in_(_OPEN))
+    .group_by(incidents.c.id, incidents.c.created_at)
+)
+# The CIs of those incidents' bound alerts, stale ones too: one row per (incident, CI),
+# plain strings, however many alerts share the CI.
+_INCIDENT_CIS = (
+    sa.select(incident_alerts.c.incident_id, alerts.c.ci_id).distinct()
+    .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+    .where(incident_alerts.c.incident_id.in_(sa.bindparam("ids", expanding=True)), _BOUND)
+)
+
+
 async def open_incident_cis(
     conn: AsyncConnection, *, since: datetime
 ) -> dict[int, tuple[datetime, datetime, set[str]]]:
@@ -334,70 +380,102 @@ async def open_incident_cis(
     id → (created_at, last activity, their alerts' CIs).
 
     Last activity is the newest `last_seen` of an incident's bound alerts, so an
-    incident is active exactly when one of them was seen since `since`. That test
-    runs in SQL on the partial index ix_alerts_bound_last_seen, touching only
-    recently seen alerts; only the active incidents' links are then read, one row
-    per (incident, CI) however many alerts share the CI.
+    incident is active exactly when one of them was seen since `since`. Two
+    statements: the active incidents, with their times (a row each), then their CIs
+    (a row per incident and CI, no timestamps to convert: the big part stays cheap).
     """
-    bound = alerts.c.ci_id.is_not(None)
-    active = (
-        sa.select(incident_alerts.c.incident_id)
-        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(bound, alerts.c.last_seen >= since)
-    )
-    result = await conn.execute(
-        sa.select(incidents.c.id, incidents.c.created_at, alerts.c.ci_id,
-                  sa.func.max(alerts.c.last_seen).label("last_seen"))
-        .join(incident_alerts, incident_alerts.c.incident_id == incidents.c.id)
-        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(incidents.c.id.in_(active), incidents.c.status.in_(_OPEN), bound)
-        .group_by(incidents.c.id, incidents.c.created_at, alerts.c.ci_id)
-    )
-    out: dict[int, tuple[datetime, datetime, set[str]]] = {}
-    for r in result:
-        created, last, cis = out.get(r.id, (r.created_at, r.last_seen, set()))
-        cis.add(r.ci_id)
-        out[r.id] = (created, max(last, r.last_seen), cis)
+    active = (await conn.execute(_ACTIVE_INCIDENTS, {"since": since})).all()
+    if not active:
+        return {}
+    out = {i: (created, last, set[str]()) for i, created, last in active}
+    # all(): one fetch of the rows; iterating the result fetches them one by one.
+    for incident_id, ci_id in (await conn.execute(_INCIDENT_CIS, {"ids": list(out)})).all():
+        out[incident_id][2].add(ci_id)
     return out
 
 
-async def move_links(conn: AsyncConnection, *, from_id: int, into_id: int) -> None:
-    await conn.execute(
-        sa.update(incident_alerts).where(incident_alerts.c.incident_id == from_id)
-        .values(incident_id=into_id)
+async def open_touching_ci(conn: AsyncConnection, ci_id: str, *, limit: int) -> list[Any]:
+    """Open incidents whose root cause is `ci_id` or whose impacted CIs include it, newest
+    first (id, title, status, priority, created_at): the console's CI page. Scans the open
+    incidents only (index on status), which stay few."""
+    elements = _json_elements(incidents.c.impacted_cis).table_valued("value")
+    impacted = (sa.select(elements.c.value).where(elements.c.value == ci_id)
+                .correlate(incidents).exists())
+    result = await conn.execute(
+        sa.select(incidents.c.id, incidents.c.title, incidents.c.status, incidents.c.priority,
+                  incidents.c.created_at)
+        .where(incidents.c.status.in_(_OPEN),
+               sa.or_(incidents.c.root_cause_ci == ci_id, impacted))
+        .order_by(incidents.c.id.desc()).limit(limit)
     )
+    return list(result.all())
 
 
-@dataclass(frozen=True, slots=True)
-class CiState:
-    """What the alerts of one incident on one CI (or on none: `ci_id` None) add up to."""
+async def merge(conn: AsyncConnection, merges: Sequence[tuple[int, int]], now: datetime
+                ) -> list[IncidentState]:
+    """Fold incidents into others ((from, into) pairs; no `into` is also a `from`): their
+    alert links move, and those still open close as merged. Two statements however many
+    merges; returns the incidents closed, in the order of `merges`."""
+    if not merges:
+        return []
+    into = dict(merges)
+    await conn.execute(
+        sa.update(incident_alerts)
+        .where(incident_alerts.c.incident_id.in_(list(into)))
+        .values(incident_id=sa.case(into, value=incident_alerts.c.incident_id))
+    )
+    result = await conn.execute(
+        sa.update(incidents)
+        .where(incidents.c.id.in_(list(into)), incidents.c.status.in_(_OPEN))
+        .values(status=IncidentStatus.CLOSED.value, resolved_at=now,
+                merged_into=sa.case(into, value=incidents.c.id))
+        .returning(*_STATE_COLUMNS[conn.dialect.name])
+    )
+    closed = {r.id: _state(r) for r in result}
+    return [closed[f] for f, _ in merges if f in closed]
 
-    incident_id: int
-    ci_id: str | None
-    firing: bool  # any of them firing
-    worst: Severity  # the most severe of them
+
+@dataclass(slots=True)
+class CiSummary:
+    """What the alerts of one incident add up to, for its root cause and impact."""
+
+    cis: set[str] = field(default_factory=set)  # the CIs of its bound alerts
+    firing: set[str] = field(default_factory=set)  # those with an alert still firing
+    worst: Severity | None = None  # the most severe of all its alerts, bound or not
 
 
 # Severity.rank in SQL, so the worst severity is a MIN over the alerts.
 _RANK = sa.case({s.value: s.rank for s in Severity}, value=alerts.c.severity)
 _BY_RANK = {s.rank: s for s in Severity}
+_CI_STATES = (
+    sa.select(incident_alerts.c.incident_id, alerts.c.ci_id,
+              sa.func.max(sa.case((alerts.c.status == AlertStatus.FIRING.value, 1), else_=0)),
+              sa.func.min(_RANK))
+    .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+    .where(incident_alerts.c.incident_id.in_(sa.bindparam("ids", expanding=True)))
+    .group_by(incident_alerts.c.incident_id, alerts.c.ci_id)
+)
 
 
-async def ci_states(conn: AsyncConnection, incident_ids: Iterable[int]) -> list[CiState]:
-    """One row per (incident, CI) however many alerts share the CI: an incident's
-    assessment needs no more, and its cost stays flat as the incident grows."""
-    ids = list(set(incident_ids))
+async def ci_summaries(conn: AsyncConnection, incident_ids: Iterable[int]
+                       ) -> dict[int, CiSummary]:
+    """Each incident's CIs, firing CIs and worst severity, read as one row per (incident,
+    CI) however many alerts share the CI: an incident's assessment needs no more, and
+    its cost stays flat as the incident grows. Every id asked for has an entry."""
+    ids = sorted(set(incident_ids))
+    out = {i: CiSummary() for i in ids}
     if not ids:
-        return []
-    firing = sa.case((alerts.c.status == AlertStatus.FIRING.value, 1), else_=0)
-    result = await conn.execute(
-        sa.select(incident_alerts.c.incident_id, alerts.c.ci_id,
-                  sa.func.max(firing).label("firing"), sa.func.min(_RANK).label("rank"))
-        .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(incident_alerts.c.incident_id.in_(ids))
-        .group_by(incident_alerts.c.incident_id, alerts.c.ci_id)
-    )
-    return [CiState(r.incident_id, r.ci_id, bool(r.firing), _BY_RANK[r.rank]) for r in result]
+        return out
+    for incident_id, ci_id, firing, rank in (await conn.execute(_CI_STATES, {"ids": ids})).all():
+        summary = out[incident_id]
+        if ci_id is not None:
+            summary.cis.add(ci_id)
+            if firing:
+                summary.firing.add(ci_id)
+        worst = _BY_RANK[rank]
+        if summary.worst is None or worst.rank < summary.worst.rank:
+            summary.worst = worst
+    return out
 
 
 async def label_values(conn: AsyncConnection, incident_ids: Iterable[int],
@@ -458,10 +536,16 @@ async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> N
         )
 
 
-async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None]) -> int:
+async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None], *,
+                    settled: Collection[int] = (), added_at: datetime | None = None) -> int:
     """Give the alerts of each incident their role from their CI and the incident's
     root-cause CI (incident id → root). Writes only the links whose role changes, in
-    one statement; returns how many."""
+    one statement; returns how many.
+
+    `settled`: incidents whose root did not change and that took no links from another
+    incident. Of their links only those added at `added_at` (linked with a first guess)
+    and those marked root cause can be wrong (an alert's CI never changes), so only
+    those are looked at: a big incident's other links are not read."""
     if not roots:
         return 0
     ci = (sa.select(alerts.c.ci_id).where(alerts.c.id == incident_alerts.c.alert_id)
@@ -472,9 +556,13 @@ async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None]) -> i
     # is not true.
     role = sa.case((ci.is_(None), Role.UNBOUND.value), (ci == root, Role.ROOT_CAUSE.value),
                    else_=Role.SYMPTOM.value)
+    unsettled = [i for i in roots if i not in settled]
+    candidates = sa.or_(incident_alerts.c.incident_id.in_(unsettled),
+                        incident_alerts.c.added_at == added_at,
+                        incident_alerts.c.role == Role.ROOT_CAUSE.value)
     result = await conn.execute(
         sa.update(incident_alerts)
-        .where(incident_alerts.c.incident_id.in_(list(roots)),
+        .where(incident_alerts.c.incident_id.in_(list(roots)), candidates,
                incident_alerts.c.role.is_distinct_from(role))
         .values(role=role)
     )

@@ -57,3 +57,20 @@ def test_bench_ingest_quick_mode_reports_every_figure_without_errors() -> None:
     for account in report["accounting"]:  # every alert answered 2xx was committed
         assert account["acknowledged_alerts"] == account["committed_counter"], account
     assert {g["target"] for g in report["goals"]} == {"sqlite"}
+
+
+def test_bench_statements_counts_every_batch() -> None:
+    # The in-process count of statements per batch and calls per alert, smallest mode.
+    argv = [sys.executable, str(REPO_ROOT / "bench" / "statements.py"), "--json",
+            "--warmup", "100", "--batches", "3", "--size", "20", "--profile", "1", "--where"]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"rc={done.returncode}\nstderr:\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout)
+    assert report["batches"] == 3
+    counts = report["statements_per_batch"]
+    assert 0 < counts["min"] <= counts["mean"] <= counts["max"], counts
+    # Every statement is put down to the daemon function that sent it.
+    assert report["by_kind_per_batch"] and not any(
+        kind.endswith("(?)") for kind in report["by_kind_per_batch"]), report
+    assert report["calls_per_alert"] > 0
