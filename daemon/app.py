@@ -34,6 +34,7 @@ from daemon.api.problems import ProblemRoutes
 from daemon.api.reports import ReportRoutes
 from daemon.api.responses import errors_middleware
 from daemon.api.runbooks import RunbookRoutes
+from daemon.api.session import Sessions, SessionSettings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config, ConfigError, IntegrationConfig, SecretRef
 from daemon.correlation.binding import Binder, compile_rules
@@ -61,6 +62,8 @@ from daemon.scheduler import Jobs, reschedule, start_scheduler
 from daemon.secrets import resolve, resolve_or_generate
 from daemon.store import Store, StoreUnavailable, gauges, migrate
 from daemon.store.engine import wait_for_database
+from daemon.web.console import setup_console
+from daemon.web.deps import ConsoleDeps
 
 log = structlog.get_logger("incidentd")
 
@@ -91,6 +94,7 @@ class Components:
     runbook_routes: RunbookRoutes
     reloader: Reloader
     link_secret: str
+    sessions: Sessions
     # What each secret reference read when its part was built (see `secret_values`).
     secrets: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
 
@@ -121,6 +125,16 @@ def link_secret(config: Config) -> str:
         log.warning("no action-link secret configured; links in notifications work until "
                     "this process stops (set INCIDENTD_ACTION_LINK_SECRET to keep them valid)")
     return resolved.values[0]
+
+
+def session_settings(config: Config) -> SessionSettings:
+    """The console's session secret (generated per process when unset) and lifetime."""
+    resolved = resolve_or_generate([config.console.session_secret])
+    if resolved.generated:
+        log.warning("no console session secret configured; console sign-ins last until "
+                    "this process stops (set INCIDENTD_SESSION_SECRET to keep them, and to "
+                    "share them between replicas)")
+    return SessionSettings(secret=resolved.values[0], hours=config.console.session_hours)
 
 
 def build_oncall(config: Config, *, actions: Actions, followup: FollowUp, store: Store,
@@ -292,7 +306,8 @@ async def start(config: Config, *, clock: Clock | None = None, loader: Loader | 
     health = HealthRoutes(store=store)
     oncall = build_oncall(config, actions=actions, followup=followup, store=store, clock=clock,
                           triggers=triggers, executor_wake=executor.wake)
-    guard = ApiGuard(api_access(config))
+    sessions = Sessions(session_settings(config), clock=clock, store=store)
+    guard = ApiGuard(api_access(config), sessions)
     intake = Intake(integrations=build_integrations(config, clock), alerts=writer,
                     changes=ChangeRecorder(store=store, clock=clock, topology=topology),
                     clock=clock)
@@ -311,13 +326,15 @@ async def start(config: Config, *, clock: Clock | None = None, loader: Loader | 
 
     reloader = Reloader(loader=loader or (lambda: config), running=config, apply=apply)
     app.add_routes(reloader.routes())
+    setup_console(app, ConsoleDeps(store=store, clock=clock, topology=topology, cmdb=cmdb,
+                                   followup=followup), guard=guard)
     components = Components(
         store=store, writer=writer, health=health, app=app, topology=topology, cmdb=cmdb,
         scheduler=scheduler, jobs=jobs, followup=followup, sender=sender, oncall=oncall,
         catalog=catalog, executor=executor, actions=actions, leadership=leadership,
         clock=clock, pipeline=pipeline, intake=intake, guard=guard, triggers=triggers,
         runbook_routes=runbook_routes, reloader=reloader, link_secret=secret,
-        secrets=secret_values(config))
+        sessions=sessions, secrets=secret_values(config))
     return components
 
 
@@ -352,6 +369,7 @@ class _Rebuilt:
     stages: Stages
     matrix: PriorityMatrix
     link_secret: str
+    sessions: SessionSettings
     targets: dict[str, Target]
     catalog: Catalog
     secrets: dict[str, tuple[str | None, ...]]
@@ -363,7 +381,8 @@ async def apply_config(c: Components, running: Config, new: Config, *, source: s
     batch reads its configuration once, so none sees half of each."""
     rebuilt = _rebuild(c, running, new, source=source)
     await _reload_cmdb(c.cmdb, new)
-    c.guard.reconfigure(rebuilt.access)
+    c.guard.reconfigure(rebuilt.access)  # sessions of a removed token end here too
+    c.sessions.reconfigure(rebuilt.sessions)
     c.intake.reconfigure(rebuilt.integrations)
     c.pipeline.reconfigure(rebuilt.stages)
     c.followup.reconfigure(new, rebuilt.link_secret)
@@ -391,12 +410,16 @@ def _rebuild(c: Components, running: Config, new: Config, *, source: str) -> _Re
         admin = (c.guard.access.admin if seen["api.tokens"] == c.secrets.get("api.tokens")
                  else api_credentials(new))
         unchanged = seen[_LINK] == c.secrets.get(_LINK)
+        # A generated session secret is kept, or every reload would sign everyone out.
+        session_secret = (c.sessions.settings.secret if seen[_SESSION] == c.secrets.get(_SESSION)
+                          else session_settings(new).secret)
         return _Rebuilt(
             access=ApiAccess(admin, read_only_credentials(new), new.api.protect_metrics),
             integrations=_integrations(c, running, new, seen),
             stages=build_stages(new, c.topology),
             matrix=PriorityMatrix(new.priority),
             link_secret=c.link_secret if unchanged else link_secret(new),
+            sessions=SessionSettings(secret=session_secret, hours=new.console.session_hours),
             targets=build_targets(new.notifications.targets),
             catalog=catalog,
             secrets=seen,
@@ -418,13 +441,15 @@ def _integrations(c: Components, running: Config, new: Config,
 
 
 _LINK = "notifications.action_links.secret"
+_SESSION = "console.session_secret"
 
 
 def secret_values(config: Config) -> dict[str, tuple[str | None, ...]]:
     """What the secrets of the API tokens, the link secret and each integration read now
     (`ConfigError`: a secret file is unreadable)."""
     values = {"api.tokens": _read(config.api.tokens),
-              _LINK: _read([config.notifications.action_links.secret])}
+              _LINK: _read([config.notifications.action_links.secret]),
+              _SESSION: _read([config.console.session_secret])}
     for integ in config.integrations:
         values[f"integrations.{integ.name}"] = _read(_integration_secrets(integ))
     return values

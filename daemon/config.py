@@ -135,6 +135,16 @@ class ApiConfig(_Strict):
     protect_metrics: bool = False
 
 
+class ConsoleConfig(_Strict):
+    """The web console at /ui/ (sign-in with an API token, for a session cookie)."""
+
+    # Signs session cookies; unset: one is generated per run (sessions then end with
+    # the run, and replicas do not accept each other's).
+    session_secret: SecretRef = SecretRef(env="INCIDENTD_SESSION_SECRET")
+    # How long a sign-in lasts.
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
+
 class BasicCredential(_Strict):
     username: str
     password: SecretRef
@@ -829,6 +839,7 @@ class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     ingest: IngestConfig = IngestConfig()
     api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()
     integrations: list[IntegrationConfig] = Field(default_factory=list)
     cmdb: CmdbConfig = CmdbConfig()
     correlation: CorrelationConfig = CorrelationConfig()

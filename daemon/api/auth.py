@@ -1,5 +1,11 @@
 """The admin API token guard for `/api/v1/*` and `/-/reload` (alert ingest has its own
-per-integration auth)."""
+per-integration auth).
+
+The console's session cookie (`daemon.api.session`) stands in for a token: a request
+without an `Authorization` header but with a valid cookie is admitted in the cookie's
+scope. A cookie is sent by the browser on its own, so a change made with one must
+also carry the session's CSRF token (`X-CSRF-Token`, which another site's page cannot
+read) and, when the browser sends `Origin`, come from this host."""
 
 from __future__ import annotations
 
@@ -9,6 +15,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from daemon.api.responses import Handler
+from daemon.api.session import (
+    COOKIE,
+    CSRF_HEADER,
+    SESSION_KEY,
+    ConsoleSession,
+    Sessions,
+    csrf_ok,
+    same_origin,
+)
 from daemon.errors import Forbidden
 from daemon.receivers.auth import Credentials
 
@@ -50,8 +65,20 @@ class ApiAccess:
 class ApiGuard:
     """The token guard; a configuration reload replaces its `access` whole."""
 
-    def __init__(self, access: ApiAccess) -> None:
+    def __init__(self, access: ApiAccess, sessions: Sessions | None = None) -> None:
         self.access = access
+        self.sessions = sessions
+
+    async def session(self, request: web.Request, access: ApiAccess | None = None
+                      ) -> ConsoleSession | None:
+        """The console session the request's cookie carries, if valid under `access`
+        (default: the configuration in force) and not signed out. No cookie, no
+        database lookup; `StoreUnavailable` when the sign-outs cannot be read."""
+        value = request.cookies.get(COOKIE)
+        if self.sessions is None or not value:
+            return None
+        access = access or self.access
+        return await self.sessions.verify(value, access.admin, access.read_only)
 
     def reconfigure(self, access: ApiAccess) -> None:
         self.access = access
@@ -63,7 +90,13 @@ class ApiGuard:
         async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             access = self.access  # read once: a request is judged by one configuration
             if _guarded(request, access.protect_metrics):
-                _admit(request, access.admin, access.read_only)
+                # A Bearer token decides alone: API calls never pay the sign-out lookup.
+                session = (await self.session(request, access)
+                           if "Authorization" not in request.headers else None)
+                if session is not None:
+                    _admit_session(request, session)
+                else:
+                    _admit(request, access.admin, access.read_only)
             return await handler(request)
 
         return guard
@@ -80,6 +113,18 @@ def _guarded(request: web.Request, protect_metrics: bool) -> bool:
     return ((path.startswith(_PROTECTED_PREFIX) and not _is_ingest(request)
              and path != "/api/v1/openapi.json")
             or path in _ADMIN_PATHS or (protect_metrics and path == "/metrics"))
+
+
+def _admit_session(request: web.Request, session: ConsoleSession) -> None:
+    request[SESSION_KEY] = session
+    if request.method in _READS:
+        return
+    if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        raise Forbidden(f"missing or wrong {CSRF_HEADER} header; reload the page")
+    if not same_origin(request):
+        raise Forbidden("cross-origin request refused")
+    if not session.can_change:
+        raise Forbidden("this session is read-only; changes need an admin token")
 
 
 def _admit(request: web.Request, admin: Credentials, read_only: Credentials | None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.api import params
 from daemon.api.pages import page
@@ -127,9 +128,14 @@ class CmdbRoutes:
 
     async def _detail(self, ci_id: str) -> dict[str, Any]:
         async with self._store.read() as conn:
-            ci = await cmdb_store.get_ci(conn, ci_id)
-            if ci is None:
-                raise NotFound(f"no CI {ci_id!r}")
-            dependents = await cmdb_store.dependents_of(conn, ci_id)
-        return {**ci_json(ci), "dependents": dependents}
+            return await ci_detail(conn, ci_id)
+
+
+async def ci_detail(conn: AsyncConnection, ci_id: str) -> dict[str, Any]:
+    """One CI's JSON with the ids of the CIs that depend on it; NotFound when unknown."""
+    ci = await cmdb_store.get_ci(conn, ci_id)
+    if ci is None:
+        raise NotFound(f"no CI {ci_id!r}")
+    dependents = await cmdb_store.dependents_of(conn, ci_id)
+    return {**ci_json(ci), "dependents": dependents}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -151,11 +152,7 @@ class IncidentRoutes:
 
     async def _itsm(self, conn: AsyncConnection, ids: Sequence[int]
                     ) -> dict[int, dict[str, Any]]:
-        """The ITSM parts of each incident's JSON, with the tickets ITSM suites keep."""
-        views = await self._followup.views(conn, ids, self._clock.now())
-        tickets = await ticket_store.of_incidents(conn, ids)
-        return {i: views[i] | {"external_tickets": [t.json() for t in tickets.get(i, [])]}
-                for i in ids}
+        return await itsm_parts(conn, self._followup, ids, self._clock.now())
 
     async def _detail(self, incident_id: int, extra: dict[str, Any] | None = None
                       ) -> web.Response:
@@ -166,6 +163,16 @@ class IncidentRoutes:
             itsm = await self._itsm(conn, [incident_id])
         return json_response(incident_json(incident, detail=True) | itsm[incident_id]
                              | (extra or {}))
+
+
+async def itsm_parts(conn: AsyncConnection, followup: FollowUp, ids: Sequence[int],
+                     now: datetime) -> dict[int, dict[str, Any]]:
+    """The ITSM parts of each incident's JSON (SLA clocks, escalation, problems, suspected
+    changes), with the tickets ITSM suites keep: the API and the console show the same."""
+    views = await followup.views(conn, ids, now)
+    tickets = await ticket_store.of_incidents(conn, ids)
+    return {i: views[i] | {"external_tickets": [t.json() for t in tickets.get(i, [])]}
+            for i in ids}
 
 
 def _statuses(raw: str | None) -> list[IncidentStatus] | None:

@@ -88,7 +88,7 @@ class ProblemRoutes:
     async def get(self, request: web.Request) -> web.Response:
         problem_id = problem_id_of(request.match_info["id"])
         async with self._store.read() as conn:
-            body = await _detail(conn, problem_id)
+            body = await problem_detail(conn, problem_id)
         return json_response(body)
 
     async def create(self, request: web.Request) -> web.Response:
@@ -100,7 +100,7 @@ class ProblemRoutes:
             actor=body.actor)
         async with self._store.write() as conn:
             problem_id = await self._problems.create(conn, new, self._clock.now())
-            detail = await _detail(conn, problem_id)
+            detail = await problem_detail(conn, problem_id)
         metrics.PROBLEMS_OPENED.labels("manual").inc()
         return json_response(detail, status=201)
 
@@ -118,7 +118,7 @@ class ProblemRoutes:
         async with self._store.write() as conn:
             await self._problems.update(conn, problem_id, change, actor=body.actor,
                                         note=body.note, now=self._clock.now())
-            detail = await _detail(conn, problem_id)
+            detail = await problem_detail(conn, problem_id)
         return json_response(detail)
 
 
@@ -150,7 +150,7 @@ def problem_json(p: Problem) -> dict[str, Any]:
     }
 
 
-async def _detail(conn: AsyncConnection, problem_id: int) -> dict[str, Any]:
+async def problem_detail(conn: AsyncConnection, problem_id: int) -> dict[str, Any]:
     problem = await problem_store.get_problem(conn, problem_id)
     if problem is None:
         raise NotFound(f"no problem {problem_key(problem_id)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
@@ -37,13 +38,17 @@ class ReportRoutes:
 
     async def summary(self, request: web.Request) -> web.Response:
         query = summary_query(request.query, now=self._clock.now())
-        async with self._store.read() as conn:
-            if conn.dialect.name == "postgresql":
-                # One snapshot for all the report's statements, so its figures agree
-                # with each other while incidents keep arriving.
-                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            body = await reports.summary(conn, query)
-        return json_response(body)
+        return json_response(await read_summary(self._store, query))
+
+
+async def read_summary(store: Store, query: reports.SummaryQuery) -> dict[str, Any]:
+    """The summary report's document, its figures read in one snapshot."""
+    async with store.read() as conn:
+        if conn.dialect.name == "postgresql":
+            # One snapshot for all the report's statements, so its figures agree
+            # with each other while incidents keep arriving.
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        return await reports.summary(conn, query)
 
 
 def summary_query(q: Mapping[str, str], *, now: datetime) -> reports.SummaryQuery:

@@ -99,6 +99,19 @@ async def active_windows(conn: AsyncConnection, now: datetime, *, states: Sequen
     return [Window(r.id, tuple(r.cis)) for r in result]
 
 
+async def windows_ending_after(conn: AsyncConnection, now: datetime, *,
+                               states: Sequence[str], limit: int) -> list[sa.Row[Any]]:
+    """Changes in `states` with a planned window that has not ended by `now` (open now or
+    still to come), soonest start first: the console's maintenance list."""
+    result = await conn.execute(
+        sa.select(changes)
+        .where(changes.c.state.in_(list(states)), changes.c.planned_end > now,
+               changes.c.planned_start.is_not(None))
+        .order_by(changes.c.planned_start, changes.c.id).limit(limit)
+    )
+    return list(result.all())
+
+
 def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 

@@ -44,10 +44,16 @@ async def get_ci(conn: AsyncConnection, ci_id: str) -> ConfigurationItem | None:
 
 
 async def list_cis(conn: AsyncConnection, *, type: str | None = None,
-                   service: str | None = None, limit: int, after_id: str | None = None
-                   ) -> list[ConfigurationItem]:
-    """CIs in id order, keyset-paginated: those after `after_id`, at most `limit`."""
+                   service: str | None = None, limit: int, after_id: str | None = None,
+                   text: str | None = None) -> list[ConfigurationItem]:
+    """CIs in id order, keyset-paginated: those after `after_id`, at most `limit`.
+    `text` keeps those whose id, name, type or service contains it, ignoring case."""
     query = _CI.order_by(cis.c.id).limit(limit)
+    if text:
+        needle = text.lower()
+        query = query.where(sa.or_(*(sa.func.lower(column).contains(needle, autoescape=True)
+                                     for column in (cis.c.id, cis.c.name, cis.c.type,
+                                                    cis.c.service))))
     if type is not None:
         query = query.where(cis.c.type == type)
     if service is not None:

@@ -338,6 +338,16 @@ used_action_tokens = sa.Table(
     sa.Column("used_at", UTCDateTime(), nullable=False),
 )
 
+# Console sessions ended by "Sign out" before their expiry (the cookie is signed and
+# kept by the browser, so a copy would otherwise still work): the session's nonce,
+# kept until the cookie would have expired anyway.
+console_signouts = sa.Table(
+    "console_signouts",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
 # One row per runbook run: what triggered it, its guard decisions, and each step's
 # rendered input and output (a JSON list, appended as steps finish, so a restart
 # knows how far a run got).

@@ -26,6 +26,7 @@ SLACK_SECRET = "e2e-slack-signing-secret-93aa10"
 LINK_SECRET = "e2e-action-link-secret-4e6f88"
 INBOUND_SECRET = "e2e-inbound-webhook-secret-a2d4bb"
 TARGET_SECRET = "e2e-notify-target-secret-77c1de"
+SESSION_SECRET = "e2e-console-session-secret-3b9f52"
 
 # Every configured secret, by what it is.
 SECRETS = {
@@ -41,6 +42,7 @@ SECRETS = {
     "action-link secret": LINK_SECRET,
     "inbound webhook secret": INBOUND_SECRET,
     "notification target secret": TARGET_SECRET,
+    "console session secret": SESSION_SECRET,
 }
 
 ENV = {
@@ -50,6 +52,7 @@ ENV = {
     "INCIDENTD_PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
     "INCIDENTD_SLACK_SIGNING_SECRET": SLACK_SECRET,
     "INCIDENTD_ACTION_LINK_SECRET": LINK_SECRET,
+    "INCIDENTD_SESSION_SECRET": SESSION_SECRET,
     "E2E_GRAFANA_HMAC": GRAFANA_HMAC,
     "E2E_GENERIC_PASSWORD": GENERIC_PASSWORD,
     "E2E_INBOUND_SECRET": INBOUND_SECRET,

@@ -9,13 +9,21 @@ document.
 - PagerDuty's endpoints: the routing key is in the body, and an unknown one is a 400,
   as PagerDuty answers;
 - Slack and the inbound webhook: 401 without a valid signature;
-- `/actions/{token}`: a forged token gets the 403 page.
+- `/actions/{token}`: a forged token gets the 403 page;
+- the console (`/` and `/ui/*`, HTML, not in the API document): a page sends the browser
+  to sign in (303), its live fragments and event stream answer 401; only the sign-in
+  form and the static files are public. A session cookie, not a Bearer token, opens
+  it: every page is walked with no cookie, a forged one, an expired one and a valid
+  one; a read-only session gets 403 on every API change.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from daemon import app as daemon_app
 from daemon.config import Overrides, load_config
-from tests.conftest import reset
+from tests.conftest import FakeClock, reset
 from tests.e2e.harness import ADMIN_TOKEN, INTEGRATION_TOKEN
 from tests.e2e.secure_setup import ENV, READ_TOKEN, secure_config
 
@@ -39,7 +47,12 @@ LINKS = {"/actions/{token}"}
 # Alertmanager's operational endpoint name, as `/metrics` is theirs.
 UNDOCUMENTED = {"/-/reload"}
 OWN_CREDENTIALS = INGEST | PAGERDUTY | SIGNED | LINKS | {"/api/v1/connectors/{name}/updates"}
-FILL = {"id": "1", "name": "some-name", "integration": "alertmanager", "token": "forged.token"}
+# The web console: HTML pages, not API operations.
+CONSOLE_PUBLIC = {("GET", "/ui/sign-in"), ("POST", "/ui/sign-in"), ("POST", "/ui/sign-out"),
+                  ("GET", "/ui/static/{file}"), ("GET", "/")}
+CONSOLE_FRAGMENT = re.compile(r"^/ui/(events|.+/(rows|live))$")
+FILL = {"id": "1", "name": "some-name", "integration": "alertmanager", "token": "forged.token",
+        "file": "console.css", "ci_id": "some-ci"}
 WRONG = "wrong-secret-7e1f0a"
 
 
@@ -54,9 +67,12 @@ async def client(request: pytest.FixtureRequest, tmp_path: Path,
     url = f"sqlite+aiosqlite:///{tmp_path}/incidentd.db"
     config = load_config(path, environ={}, overrides=Overrides(database_url=url))
     await reset(url)
-    components = await daemon_app.start(config)
+    clock = FakeClock(datetime.now(UTC))
+    components = await daemon_app.start(config, clock=clock)
     async with TestClient(TestServer(components.app)) as c:
         c.protect_metrics = request.param  # type: ignore[attr-defined]
+        c.components = components  # type: ignore[attr-defined]
+        c.clock = clock  # type: ignore[attr-defined]
         yield c
     await daemon_app.stop(components)
 
@@ -85,7 +101,8 @@ async def call(client: TestClient, method: str, path: str,
         body = b"payload=%7B%7D" if path in SIGNED and "slack" in path else b"{}"
         sent.setdefault("Content-Type", "application/x-www-form-urlencoded"
                         if b"payload" in body else "application/json")
-    resp = await client.request(method, concrete(path), data=body, headers=sent)
+    resp = await client.request(method, concrete(path), data=body, headers=sent,
+                                allow_redirects=False)
     return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
 
 
@@ -98,10 +115,22 @@ async def test_without_credentials_every_route_refuses(client: TestClient) -> No
         if status not in expected:
             wrong.append(f"{method} {path}: {status}, expected {sorted(expected)}: {text[:200]}")
         elif status in (400, 401, 403) and method != "HEAD":
-            kind = "text/html" if path in LINKS else "application/json"
+            kind = ("text/html" if path in LINKS or (method, path) in CONSOLE_PUBLIC
+                    else "application/json")
             if not content_type.startswith(kind):
                 wrong.append(f"{method} {path}: {status} as {content_type}")
     assert not wrong, "\n".join(wrong)
+
+
+def console(path: str) -> bool:
+    return path == "/" or path.startswith("/ui/")
+
+
+def _console_without_session(method: str, path: str) -> set[int]:
+    if (method, path) in CONSOLE_PUBLIC:
+        return {"/": {303}, "/ui/sign-in": {200} if method == "GET" else {401},
+                "/ui/sign-out": {303}}.get(path, {200})
+    return {401} if CONSOLE_FRAGMENT.match(path) else {303}
 
 
 def _expected_without_credentials(method: str, path: str, protect_metrics: bool) -> set[int]:
@@ -111,6 +140,8 @@ def _expected_without_credentials(method: str, path: str, protect_metrics: bool)
         return {200, 503}  # /readyz: 503 while not ready
     if path in PAGERDUTY:
         return {400}  # no routing key in `{}`: PagerDuty's 400
+    if console(path):
+        return _console_without_session(method, path)
     if path in LINKS:
         return {403}
     if path == "/api/v1/connectors/{name}/updates":
@@ -125,7 +156,8 @@ async def test_wrong_credentials_are_refused_and_not_echoed(client: TestClient) 
                     {"X-Slack-Signature": f"v0={WRONG}", "X-Slack-Request-Timestamp": "1",
                      "X-Incidentd-Signature": f"v1={WRONG}"}):
         for method, path in served(client):
-            if (method, path) in PUBLIC or method == "HEAD" or path in PAGERDUTY | LINKS:
+            if ((method, path) in PUBLIC or method == "HEAD" or path in PAGERDUTY | LINKS
+                    or console(path)):  # walked with cookies below
                 continue
             status, _, text = await call(client, method, path, headers)
             if status not in (401, 404) or (status == 404
@@ -140,8 +172,8 @@ async def test_a_read_only_token_reads_and_changes_nothing(client: TestClient) -
     read_only = {"Authorization": f"Bearer {READ_TOKEN}"}
     wrong: list[str] = []
     for method, path in served(client):
-        if path in OWN_CREDENTIALS or (method, path) in PUBLIC:
-            continue
+        if path in OWN_CREDENTIALS or (method, path) in PUBLIC or console(path):
+            continue  # the console takes sessions, not tokens: walked below
         status, _, text = await call(client, method, path, read_only)
         if method in ("GET", "HEAD"):
             if status in (401, 403):
@@ -157,9 +189,10 @@ async def test_a_read_only_token_reads_and_changes_nothing(client: TestClient) -
 async def test_every_served_route_is_in_the_openapi_document(client: TestClient) -> None:
     doc: dict[str, Any] = await (await client.get("/api/v1/openapi.json")).json()
     missing = [f"{method} {path}" for method, path in served(client)
-               if method != "HEAD" and path not in UNDOCUMENTED
+               if method != "HEAD" and path not in UNDOCUMENTED and not console(path)
                and method.lower() not in doc["paths"].get(path, {})]
     assert not missing, missing
+    assert not [p for p in doc["paths"] if console(p)], "console pages are not API operations"
     schemes = doc["components"]["securitySchemes"]
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
@@ -171,3 +204,59 @@ async def test_every_served_route_is_in_the_openapi_document(client: TestClient)
                     and ("GET", path) not in PUBLIC):
                 assert op["security"], f"{method} {path} documents no credentials"
                 assert "401" in op["responses"], f"{method} {path} documents no 401"
+
+
+async def session_cookie(client: TestClient, token: str) -> tuple[str, str]:
+    """Sign in; the cookie header to send and the page's CSRF token."""
+    resp = await client.post("/ui/sign-in", data={"token": token}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    client.session.cookie_jar.clear()
+    value = SimpleCookie(resp.headers["Set-Cookie"])["incidentd_session"].value
+    cookie = f"incidentd_session={value}"
+    page = await (await client.get("/ui/sign-in", headers={"Cookie": cookie})).text()
+    return cookie, page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+
+
+async def test_every_console_page_needs_a_valid_session(client: TestClient) -> None:
+    cookie, _ = await session_cookie(client, ADMIN_TOKEN)
+    forged = cookie[:-4] + ("AAAA" if not cookie.endswith("AAAA") else "BBBB")
+    pages = [(m, p) for m, p in served(client)
+             if console(p) and m == "GET" and (m, p) not in CONSOLE_PUBLIC]
+    assert {"/ui/incidents", "/ui/incidents/rows", "/ui/events"} <= {p for _, p in pages}
+    wrong: list[str] = []
+    for method, path in pages:
+        refused = {401} if CONSOLE_FRAGMENT.match(path) else {303}
+        for name, headers in (("no cookie", {}), ("forged", {"Cookie": forged}),
+                              ("a Bearer token", {"Authorization": f"Bearer {ADMIN_TOKEN}"})):
+            status, _, text = await call(client, method, path, headers)
+            if status not in refused:
+                wrong.append(f"{method} {path} with {name}: {status} {text[:200]}")
+        if path == "/ui/events":
+            continue  # a stream: opened in its own test
+        status, _, text = await call(client, method, path, {"Cookie": cookie})
+        if status not in (200, 404):  # 404: no record `1` or `some-ci` here
+            wrong.append(f"{method} {path} signed in: {status} {text[:200]}")
+    # expired: the same cookie half a day later
+    c: Any = client
+    c.clock.advance(13 * 3600)
+    for method, path in pages:
+        status, _, text = await call(client, method, path, {"Cookie": cookie})
+        if status not in ({401} if CONSOLE_FRAGMENT.match(path) else {303}):
+            wrong.append(f"{method} {path} with an expired session: {status} {text[:200]}")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_a_read_only_session_changes_nothing(client: TestClient) -> None:
+    cookie, csrf = await session_cookie(client, READ_TOKEN)
+    session = {"Cookie": cookie, "X-CSRF-Token": csrf}
+    wrong: list[str] = []
+    for method, path in served(client):
+        if path in OWN_CREDENTIALS or (method, path) in PUBLIC or console(path):
+            continue
+        status, _, text = await call(client, method, path, session)
+        if method in ("GET", "HEAD"):
+            if status in (401, 403):
+                wrong.append(f"{method} {path}: a read-only session got {status}: {text[:200]}")
+        elif status != 403 or json.loads(text)["error"]["code"] != "forbidden":
+            wrong.append(f"{method} {path}: a read-only session got {status}: {text[:200]}")
+    assert not wrong, "\n".join(wrong)
