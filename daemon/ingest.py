@@ -39,7 +39,6 @@ from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 from daemon.store import alerts as alert_store
-from daemon.store import incidents as incident_store
 from daemon.store.incidents import IncidentState
 
 log = structlog.get_logger("incidentd.ingest")
@@ -138,10 +137,10 @@ class Pipeline:
                          now: datetime) -> None:
         changed = result.touched | {t.incident.id for t in result.transitions}
         result.effects = await self._followup.after(conn, changed, now, policies=policies)
-        # One read of where the changed incidents ended up: an incident opened in this
-        # batch is counted under the priority correlation gave it, not the none it was
-        # inserted with.
-        result.final = await incident_store.get_states(conn, changed)
+        # Where the changed incidents ended up (the follow-up read it: it changes no
+        # incident row): an incident opened in this batch is counted under the priority
+        # correlation gave it, not the none it was inserted with.
+        result.final = result.effects.states
         result.transitions = [
             dataclasses.replace(t, incident=result.final.get(t.incident.id, t.incident))
             if t.previous is None else t

@@ -210,16 +210,19 @@ class ChangeRecorder:
 
 
 async def suspect(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
-                  now: datetime, *, window_seconds: int, depth: int) -> int:
+                  now: datetime, *, window_seconds: int, depth: int,
+                  rows: Mapping[int, Any] | None = None) -> int:
     """Link each incident to the changes that may have caused it; returns new links made.
 
     A suspect touched one of the incident's CIs (root cause, bound alerts) or
     something they depend on within `depth` hops, was approved (or ran), and
     its time — from when it happened to its planned end — overlaps the
-    `window_seconds` before the incident opened, up to now.
+    `window_seconds` before the incident opened, up to now. `rows`: these incidents'
+    rows, if the caller read them in this transaction.
     """
     # Cheap queries first: on most batches no change is recent enough to matter.
-    opened = await change_store.opened_at(conn, list(incident_ids))
+    opened = ({i: (r.created_at, r.root_cause_ci) for i, r in rows.items()}
+              if rows is not None else await change_store.opened_at(conn, list(incident_ids)))
     if not opened:
         return 0
     window = timedelta(seconds=window_seconds)

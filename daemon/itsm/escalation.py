@@ -12,7 +12,7 @@ written in the caller's transaction. Delivering it is the notifier's job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,15 +71,17 @@ class Escalations:
         default = self._config.default_policy
         return self._policies[default] if default else None
 
-    async def sync(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime
-                   ) -> list[EscalationEvent]:
+    async def sync(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime,
+                   *, rows: Mapping[int, Any] | None = None) -> list[EscalationEvent]:
         """Bring the ladders of these incidents in line with their status.
 
-        Idempotent: call it after anything that may have changed them.
+        Idempotent: call it after anything that may have changed them. `rows`: these
+        incidents' rows, if the caller read them in this transaction.
         """
         if not self.enabled:
             return []
-        found = await store.subjects(conn, incident_ids)
+        found = (store.subjects_of(rows.values()) if rows is not None
+                 else await store.subjects(conn, incident_ids))
         current = await store.ladders(conn, found, lock=True)
         started: list[tuple[Ladder, EscalationPolicy]] = []
         restarted: list[tuple[Ladder, EscalationPolicy]] = []

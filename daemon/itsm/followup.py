@@ -10,10 +10,10 @@ is harmless. The returned `Effects` are counted only after the commit.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,8 +26,16 @@ from daemon.itsm.escalation import EscalationEvent, Escalations
 from daemon.itsm.notify import Notifier
 from daemon.itsm.problems import ProblemLinked, Problems
 from daemon.itsm.sla import SlaClocks, SlaEvent
+from daemon.store import incidents as incident_store
+from daemon.store.incidents import IncidentState
 
-Automation = Callable[[AsyncConnection, Sequence[int], datetime], Awaitable[Sequence[int]]]
+
+class Automation(Protocol):
+    """Creates runbook runs for the alerts just linked to these incidents; their ids.
+    `rows`: the incidents' rows, read once by `FollowUp.after`."""
+
+    def __call__(self, conn: AsyncConnection, incident_ids: Sequence[int], now: datetime, *,
+                 rows: Mapping[int, Any] | None = None) -> Awaitable[Sequence[int]]: ...
 
 
 @dataclass(slots=True)
@@ -39,6 +47,9 @@ class Effects:
     wake: Callable[[], None] | None = None  # tells the sender there is work
     runs: int = 0  # runbook runs created
     wake_runs: Callable[[], None] | None = None  # tells the runbook executor
+    # Where `after` left each incident (nothing in it changes incident rows, so that is
+    # what it read first): the ingest's final states, without a read of its own.
+    states: dict[int, IncidentState] = field(default_factory=dict)
 
     def record_metrics(self) -> None:
         """Call only after the transaction that produced these has committed."""
@@ -121,18 +132,24 @@ class FollowUp:
         if not ids:
             return Effects()
         p = policies or self.policies  # one set of rules for the whole transaction
-        # Problems and suspects first: they read the root cause the caller just set;
-        # clocks and escalation last, so they see the final priority.
-        linked = await p.problems.link(conn, ids, now)
+        # One read of the incidents (root cause and priority as the caller just set
+        # them) for every part: none of them changes an incident row (they write
+        # problems, suspects, clocks, ladders, runs and timeline entries), so what the
+        # first part would read is what the last one would. The order below is that of
+        # their timeline entries.
+        rows = await incident_store.rows_by_id(conn, ids)
+        linked = await p.problems.link(conn, ids, now, rows=rows)
         await changes.suspect(conn, self._topology.current, ids, now,
-                              window_seconds=p.suspect_window_seconds, depth=p.depth)
-        clocks = await p.sla.sync(conn, ids, now)
-        escalated = await p.escalations.sync(conn, ids, now)
-        runs = await self.automation(conn, ids, now) if self.automation else []
+                              window_seconds=p.suspect_window_seconds, depth=p.depth,
+                              rows=rows)
+        clocks = await p.sla.sync(conn, ids, now, rows=rows)
+        escalated = await p.escalations.sync(conn, ids, now, rows=rows)
+        runs = await self.automation(conn, ids, now, rows=rows) if self.automation else []
         # Last: every timeline entry of this transaction is written by now.
         notified = await p.notifier.enqueue_from_timeline(conn, ids, now)
         return Effects(sla=clocks, escalations=escalated, problems=linked, notified=notified,
-                       wake=self.wake, runs=len(runs), wake_runs=self.wake_runs)
+                       wake=self.wake, runs=len(runs), wake_runs=self.wake_runs,
+                       states={i: incident_store.state_of(r) for i, r in rows.items()})
 
     async def sweep_sla(self, conn: AsyncConnection, now: datetime) -> Effects:
         p = self.policies

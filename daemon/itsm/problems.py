@@ -12,7 +12,7 @@ caller once it has committed (`record_metrics`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,11 +102,13 @@ class Problems:
         self._recurrences = config.recurrences
         self._window = timedelta(seconds=config.window_seconds)
 
-    async def link(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime
-                   ) -> list[ProblemLinked]:
+    async def link(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime,
+                   *, rows: Mapping[int, Any] | None = None) -> list[ProblemLinked]:
         """Link these incidents to the active problem of their (root-cause CI, alert name),
-        or open one when they are its `recurrences`-th within the window. Idempotent."""
-        candidates = await store.unlinked_candidates(conn, incident_ids)
+        or open one when they are its `recurrences`-th within the window. Idempotent.
+        `rows`: these incidents' rows, if the caller read them in this transaction."""
+        candidates = (await store.unlinked_candidates_of(conn, rows.values())
+                      if rows is not None else await store.unlinked_candidates(conn, incident_ids))
         if not candidates:
             return []
         by_key: dict[Key, list[int]] = defaultdict(list)

@@ -117,10 +117,13 @@ class SlaClocks:
 
     # -- public API ----------------------------------------------------------
 
-    async def sync(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime
-                   ) -> list[SlaEvent]:
-        """Bring the clocks of these incidents in line with their state (idempotent)."""
-        facts = await store.incident_facts(conn, incident_ids)
+    async def sync(self, conn: AsyncConnection, incident_ids: Iterable[int], now: datetime,
+                   *, rows: Mapping[int, Any] | None = None) -> list[SlaEvent]:
+        """Bring the clocks of these incidents in line with their state (idempotent).
+
+        `rows`: these incidents' rows, if the caller read them in this transaction."""
+        facts = (store.facts_of(rows.values()) if rows is not None
+                 else await store.incident_facts(conn, incident_ids))
         existing: dict[int, dict[str, ClockRow]] = {}
         for row in await store.clocks_of(conn, facts, lock=True):
             existing.setdefault(row.incident_id, {})[row.clock] = row

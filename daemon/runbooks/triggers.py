@@ -67,8 +67,10 @@ class Triggers:
     # -- making runs -----------------------------------------------------------
 
     async def create_runs(self, conn: AsyncConnection, incident_ids: Iterable[int],
-                          now: datetime) -> list[int]:
-        """Runs for the firing alerts linked to these incidents at `now`; their ids."""
+                          now: datetime, *, rows: Mapping[int, Any] | None = None
+                          ) -> list[int]:
+        """Runs for the firing alerts linked to these incidents at `now`; their ids.
+        `rows`: these incidents' rows, if the caller read them in this transaction."""
         runbooks = self._catalog.current.runbooks
         ids = sorted(set(incident_ids))
         if not runbooks or not ids:
@@ -76,8 +78,10 @@ class Triggers:
         links = await store.linked_at(conn, ids, now)
         if not links:
             return []
-        incidents = await store.incident_rows(conn, ids)
-        guards = await store.states(conn)
+        incidents = rows if rows is not None else await store.incident_rows(conn, ids)
+        # The guards are read at the first match: most batches match no runbook, and
+        # nothing before the first run is created can change them.
+        guards: Mapping[str, RunbookState] | None = None
         made: list[int] = []
         for incident_id, alert in links:
             incident = incidents[incident_id]
@@ -88,6 +92,8 @@ class Triggers:
                                impacted_services=list(incident.impacted_services),
                                ci=ci):
                     continue
+                if guards is None:
+                    guards = await store.states(conn)
                 run_id = await self._create(
                     conn, runbook, context=render_context(alert, incident, ci),
                     incident_id=incident_id, alert_id=alert.id, ci_id=ci.id if ci else None,

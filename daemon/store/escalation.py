@@ -74,7 +74,12 @@ async def subjects(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict[i
     if not ids:
         return {}
     result = await conn.execute(sa.select(*_SUBJECT_COLUMNS).where(incidents.c.id.in_(ids)))
-    return {r.id: _subject(r) for r in result}
+    return subjects_of(result)
+
+
+def subjects_of(rows: Iterable[Any]) -> dict[int, Subject]:
+    """The subjects of incident rows already read (any select with these columns)."""
+    return {r.id: _subject(r) for r in rows}
 
 
 async def ladders(conn: AsyncConnection, incident_ids: Iterable[int], *, lock: bool = False

@@ -94,6 +94,22 @@ async def unlinked_candidates(conn: AsyncConnection, incident_ids: Iterable[int]
     return [Candidate(r.id, (r.root_cause_ci, r.alert_name)) for r in result]
 
 
+async def unlinked_candidates_of(conn: AsyncConnection, rows: Iterable[Any]
+                                 ) -> list[Candidate]:
+    """`unlinked_candidates` of incident rows already read: only the rows that could be
+    candidates are checked for links, and none at all when none could."""
+    maybe = sorted((r.id, (r.root_cause_ci, r.alert_name)) for r in rows
+                   if r.merged_into is None and r.root_cause_ci is not None
+                   and r.alert_name is not None)
+    if not maybe:
+        return []
+    result = await conn.execute(
+        sa.select(problem_incidents.c.incident_id).distinct()
+        .where(problem_incidents.c.incident_id.in_([i for i, _ in maybe])))
+    linked = {r.incident_id for r in result}
+    return [Candidate(i, key) for i, key in maybe if i not in linked]
+
+
 async def lock_keys(conn: AsyncConnection, keys: Iterable[Key]) -> None:
     """On PostgreSQL, hold a transaction lock per key so two replicas ingesting the same
     recurrence at once do not both open a problem (the second waits, then sees the

@@ -70,10 +70,15 @@ async def incident_facts(conn: AsyncConnection, incident_ids: Iterable[int]
                   incidents.c.resolved_at, incidents.c.merged_into)
         .where(incidents.c.id.in_(ids))
     )
+    return facts_of(result)
+
+
+def facts_of(rows: Iterable[Any]) -> dict[int, IncidentFacts]:
+    """The facts of incident rows already read (any select with these columns)."""
     return {r.id: IncidentFacts(id=r.id, status=r.status, priority=r.priority,
                                 created_at=r.created_at, acknowledged_at=r.acknowledged_at,
                                 resolved_at=r.resolved_at, merged_into=r.merged_into)
-            for r in result}
+            for r in rows}
 
 
 async def clocks_of(conn: AsyncConnection, incident_ids: Iterable[int], *, lock: bool = False

@@ -132,6 +132,8 @@ incident_alerts = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("added_at", UTCDateTime(), nullable=False),
     sa.Index("ix_incident_alerts_alert_id", "alert_id"),
+    # The runbook triggers' alerts linked in this batch (migration 0012).
+    sa.Index("ix_incident_alerts_incident_id_added_at", "incident_id", "added_at"),
 )
 
 timeline = sa.Table(
