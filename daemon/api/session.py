@@ -19,7 +19,6 @@ Here, below the web layer, so that the API guard can admit the cookie too.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -32,10 +31,13 @@ from aiohttp import web
 from daemon.clock import Clock
 from daemon.models import person_actor
 from daemon.receivers.auth import Credentials
+from daemon.sealed import b64url, seal, unseal
 from daemon.store import Store
 from daemon.store import sessions as signouts
 
 COOKIE = "incidentd_session"
+# The seal's domain: the same bytes `_sign(secret, "session", ...)` used to prefix.
+_SESSION_DOMAIN = b"session\x00"
 CSRF_HEADER = "X-CSRF-Token"
 Scope = Literal["admin", "read"]
 _SCOPES: tuple[Scope, ...] = ("admin", "read")
@@ -118,8 +120,7 @@ class Sessions:
         # The name goes last: `verify` splits off four fields, so it may hold "|".
         payload = "|".join((scope, str(int(expires.timestamp())),
                             _fingerprint(settings.secret, token), nonce, name or ""))
-        encoded = _b64(payload.encode())
-        value = f"{encoded}.{_b64(_sign(settings.secret, 'session', encoded))}"
+        value = seal(settings.secret.encode(), payload.encode(), domain=_SESSION_DOMAIN)
         return value, self._session(settings.secret, scope, expires, value, nonce, name)
 
     async def verify(self, value: str | None, admin: Credentials,
@@ -141,14 +142,13 @@ class Sessions:
         if not value or value.count(".") != 1 or len(value) > 1024:
             return None
         settings = self.settings
-        encoded, _, signature = value.partition(".")
-        expected = _b64(_sign(settings.secret, "session", encoded))
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
+        payload = unseal(settings.secret.encode(), value, domain=_SESSION_DOMAIN)
+        if payload is None:
             return None
         try:
             # Four fields in cookies from before names were asked for, five since.
             scope_raw, expiry_raw, fingerprint, nonce, *rest = (
-                base64.urlsafe_b64decode(_pad(encoded)).decode().split("|", 4))
+                payload.decode().split("|", 4))
             expires = datetime.fromtimestamp(int(expiry_raw), UTC)
         except (ValueError, UnicodeDecodeError):
             return None
@@ -173,7 +173,7 @@ class Sessions:
     @staticmethod
     def _session(secret: str, scope: Scope, expires: datetime, value: str, session_id: str,
                  name: str | None) -> ConsoleSession:
-        csrf = _b64(_sign(secret, "csrf", value))
+        csrf = b64url(_sign(secret, "csrf", value))
         return ConsoleSession(scope=scope, expires_at=expires, csrf_token=csrf,
                               session_id=session_id, name=name)
 
@@ -232,14 +232,6 @@ def _any_equal(given: str, accepted: tuple[str, ...]) -> bool:
     for candidate in accepted:
         matched |= hmac.compare_digest(given.encode(), candidate.encode())
     return matched
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _pad(text: str) -> str:
-    return text + "=" * (-len(text) % 4)
 
 
 # Where the guard (API) and the page gate (console) leave the request's session.

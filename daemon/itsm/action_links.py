@@ -11,9 +11,6 @@ forwarded mail, a double click) is refused, on every replica.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import secrets
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.clock import Clock
 from daemon.errors import UserError
+from daemon.sealed import seal, unseal
 from daemon.store.tables import used_action_tokens
 
 ACTIONS = ("acknowledge", "resolve", "approve", "deny")
@@ -78,19 +76,14 @@ class ActionLinks:
                                     "n": secrets.token_urlsafe(12)}
         if run_id is not None:
             claim["r"] = run_id
-        payload = _b64(json.dumps(claim, separators=(",", ":")).encode())
-        return f"{payload}.{_b64(self._sign(payload))}"
+        return seal(self._key, json.dumps(claim, separators=(",", ":")).encode())
 
     def verify(self, token: str) -> ActionClaim:
         """The claim of a genuine, unexpired token; `InvalidLink` otherwise."""
-        payload, _, signature = token.partition(".")
-        try:
-            given = _unb64(signature)
-        except ValueError:
-            raise InvalidLink("this link is not valid (garbled)") from None
-        if not payload or not hmac.compare_digest(given, self._sign(payload)):
-            raise InvalidLink("this link is not valid (bad signature)")
-        claim = json.loads(_unb64(payload))
+        payload = unseal(self._key, token)
+        if payload is None:
+            raise InvalidLink("this link is not valid (garbled or bad signature)")
+        claim = json.loads(payload)
         expires = datetime.fromtimestamp(claim["e"], UTC)
         if self._clock.now() >= expires:
             raise InvalidLink("this link has expired; use the incident page or ask for a "
@@ -119,17 +112,3 @@ class ActionLinks:
                 .where(used_action_tokens.c.nonce == claim.nonce))).first()
             when = f" ({row.actor}, {row.used_at.isoformat()})" if row else ""
             raise InvalidLink(f"this link was already used{when}")
-
-    def _sign(self, payload: str) -> bytes:
-        return hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as exc:
-        raise ValueError("not base64url") from exc
