@@ -8,6 +8,7 @@ beside it, and the start-up and shutdown order.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -513,6 +514,7 @@ async def serve(config: Config, *, loader: Loader | None = None,
         await runner.cleanup()
         await stop(components)
         return 1
+    settle_heap()
     log.info("listening", url=f"http://{config.server.listen}", version=__version__,
              database=_safe_url(config.database.url))
 
@@ -530,6 +532,24 @@ async def serve(config: Config, *, loader: Loader | None = None,
     await stop(components)
     log.info("stopped")
     return 0
+
+
+def settle_heap() -> None:
+    """Once started: keep the garbage collector off what lives as long as the process.
+
+    The CMDB graph, the configuration and the code are hundreds of thousands of objects
+    that never become garbage, yet every full collection walks them all (measured:
+    ~75 ms each, several a minute under load, stalling every request in flight). Frozen,
+    they are left out; the rare cycles of a batch are still found. Young collections are
+    made rarer too: a batch allocates thousands of short-lived objects, and reference
+    counting, not the collector, frees nearly all of them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
+
+
+# Allocations between young collections (CPython's default is 700).
+_GC_YOUNG_THRESHOLD = 50_000
 
 
 def _safe_url(url: str) -> str:
