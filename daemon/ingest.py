@@ -40,6 +40,7 @@ from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 from daemon.store import alerts as alert_store
 from daemon.store.incidents import IncidentState
+from daemon.store.link_memory import LinkMemory
 
 log = structlog.get_logger("incidentd.ingest")
 
@@ -90,6 +91,8 @@ class Pipeline:
         self._followup = followup
         self._topology = topology
         self._clock = clock
+        # What the open incidents' links add up to, kept from batch to batch.
+        self._links = LinkMemory()
 
     @property
     def stages(self) -> Stages:
@@ -101,8 +104,11 @@ class Pipeline:
         self._stages = stages
 
     async def process(self, conn: AsyncConnection, batch: Sequence[AlertEvent]) -> BatchResult:
-        stages, policies = self._stages, self._followup.policies
+        """Run the batch in the caller's transaction. A caller that commits it says so
+        with `committed`; until then the next batch trusts nothing kept from this one."""
+        stages, policies, links = self._stages, self._followup.policies, self._links
         await serialize_correlation(conn)
+        await links.begin(conn)
         now = self._clock.now()
         result = BatchResult()
         result.received.update(
@@ -110,25 +116,37 @@ class Pipeline:
         )
         for group in dedup.rounds(stages.binder.bind(batch)):
             outcome = await dedup.apply(conn, group, now)
+            links.resolved((r.ci_id, r.incident_ids) for r in outcome.resolved)
             result.processed.update((a.source, Outcome.DUPLICATE) for a in outcome.repeated)
-            await self._place(conn, stages, outcome.new, now, result)
+            await self._place(conn, stages, links, outcome.new, now, result)
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
             result.transitions += await incidents.acknowledge_from_sources(
                 conn, outcome.acknowledged, now
             )
         await self._follow_up(conn, policies, result, now)
+        await links.end(conn)
         return result
+
+    @property
+    def links(self) -> LinkMemory:
+        return self._links
+
+    def committed(self) -> None:
+        """The last `process` committed: what it kept of the links is the database's."""
+        self._links.committed()
 
     async def release_maintenance(self, conn: AsyncConnection) -> BatchResult:
         """Alerts still firing when their maintenance window ended get incidents now.
 
-        They were counted (as suppressed) when they arrived: not again here."""
+        They were counted (as suppressed) when they arrived: not again here. Rare (a
+        timer), so it keeps nothing between runs: its changes count as another writer's,
+        and the next ingest batch reads the incidents' links afresh."""
         stages, policies = self._stages, self._followup.policies
         await serialize_correlation(conn)
         now = self._clock.now()
         result = BatchResult()
         released = await stages.maintenance.release(conn, now)
-        await self._place(conn, stages, released, now, result)
+        await self._place(conn, stages, LinkMemory(), released, now, result)
         result.processed.clear()
         await self._follow_up(conn, policies, result, now)
         return result
@@ -147,8 +165,8 @@ class Pipeline:
             for t in result.transitions
         ]
 
-    async def _place(self, conn: AsyncConnection, stages: Stages, new: Sequence[Placed],
-                     now: datetime, result: BatchResult) -> None:
+    async def _place(self, conn: AsyncConnection, stages: Stages, links: LinkMemory,
+                     new: Sequence[Placed], now: datetime, result: BatchResult) -> None:
         """Put new alerts into incidents: flapping ones back where they were, alerts
         under a maintenance window nowhere, the rest where correlation says; then work
         out root cause and impact again."""
@@ -162,19 +180,23 @@ class Pipeline:
         result.suppressed += len(suppressed)
         reopened, back, steady = await incidents.reopen_for_alerts(
             conn, steady, now, window_seconds=reopen_window, earlier=earlier)
-        plan = await stages.correlator.correlate(conn, steady, now)
+        plan = await stages.correlator.correlate(conn, steady, now, links=links)
         _count_outcomes(result, new, suppressed, plan)
         opened = await incidents.open_incidents(conn, plan.opens, now)
-        await incidents.attach_alerts(conn, plan.joins, now)
-        await incidents.attach_alerts(conn, back, now)
-        await incidents.attach_alerts(conn, split.flapping, now, flapping=True)
+        for transition, group in zip(opened, plan.opens, strict=True):
+            links.linked(transition.incident.id, (a for a, _ in group.alerts), opened=True)
+        for joins in (plan.joins, back, split.flapping):
+            await incidents.attach_alerts(conn, joins, now, flapping=joins is split.flapping)
+            for incident_id, members in joins.items():
+                links.linked(incident_id, (a for a, _ in members), opened=False)
         merged = await incidents.merge_incidents(conn, plan.merges, now)
+        links.merged(dict(plan.merges))
         touched = {t.incident.id for t in opened} | set(plan.joins) | set(split.flapping)
         touched |= set(back)
         merged_into = {into for _, into in plan.merges}
         touched |= merged_into
         result.raised += await impact.refresh(conn, self._topology.current, touched, now,
-                                              priorities=stages.priorities,
+                                              priorities=stages.priorities, links=links,
                                               merged_into=merged_into)
         result.transitions += reopened + opened + merged
         result.touched |= touched
@@ -322,6 +344,7 @@ class IngestWriter:
             # firing and counts an occurrence, it never stores it twice.
             async with self._store.write(connect_attempts=_CONNECT_ATTEMPTS) as conn:
                 result = await self._pipeline.process(conn, batch)
+            self._pipeline.committed()
         except StoreUnavailable as err:
             log.warning("store unavailable; alerts refused", reason=str(err), alerts=len(batch),
                         requests=len(taken))

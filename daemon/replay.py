@@ -128,6 +128,7 @@ async def replay(path: Path, *, config: Config, cis: Sequence[ConfigurationItem]
                     raise ConfigError([f"{path}:{number}: payload: {err.message}"]) from None
                 async with store.write() as conn:
                     await pipeline.process(conn, events)
+                pipeline.committed()
                 lines += 1
                 alerts += len(events)
             found = await _all_incidents(store)

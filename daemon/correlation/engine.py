@@ -25,6 +25,7 @@ from daemon.config import CorrelationConfig
 from daemon.correlation.topology import TopologyHolder
 from daemon.models import Alert
 from daemon.store import incidents as incident_store
+from daemon.store.link_memory import LinkMemory
 
 Placed = tuple[Alert, int]  # an alert and its stored id
 
@@ -64,12 +65,12 @@ class Correlator:
         values = ",".join(f"{name}={alert.labels.get(name, '')}" for name in labels)
         return f"{alert.integration}:{{{values}}}"
 
-    async def correlate(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime
-                        ) -> CorrelationPlan:
+    async def correlate(self, conn: AsyncConnection, new: Sequence[Placed], now: datetime,
+                        *, links: LinkMemory) -> CorrelationPlan:
         if not new:
             return CorrelationPlan()
         since = now - timedelta(seconds=self._config.window_seconds)
-        bound = await incident_store.open_incident_cis(conn, since=since)
+        bound = await incident_store.open_incident_cis(conn, since=since, links=links)
         keys = {self.group_key(a) for a, _ in new if a.ci_id is None}
         unbound = await incident_store.open_by_group_key(conn, keys)
         return self.plan(new, bound=bound, unbound=unbound, now=now)

@@ -19,6 +19,7 @@ from daemon.correlation.topology import Topology
 from daemon.itsm.priority import PriorityMatrix
 from daemon.models import SYSTEM_ACTOR, Severity, TimelineEntry, TimelineKind
 from daemon.store import incidents as store
+from daemon.store.link_memory import LinkMemory
 
 # Bounds the impact list of a root cause deep in a huge graph (a core switch).
 MAX_IMPACTED = 10_000
@@ -58,18 +59,19 @@ class SeverityRaised:
 
 
 async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
-                  now: datetime, *, priorities: PriorityMatrix,
+                  now: datetime, *, priorities: PriorityMatrix, links: LinkMemory,
                   merged_into: Collection[int] = ()) -> list[SeverityRaised]:
     """Recompute root cause, impact, alert roles, severity (it only ever rises) and
     priority (unless set by hand) of incidents whose alerts changed: alerts linked at
     `now`, or moved in from other incidents (`merged_into`: those that took them).
 
-    It reads one row per (incident, CI), and only the labels the priority rules look
-    at, not every alert: a batch costs the same whatever the size of the incidents."""
+    What the incidents' alerts add up to comes from `links` (kept between batches, or
+    one row per (incident, CI) when not kept); of the alerts themselves only the labels
+    the priority rules look at are read."""
     ids = sorted(set(incident_ids))
     if not ids:
         return []
-    summaries = await store.ci_summaries(conn, ids)
+    summaries = await links.summaries(conn, ids)
     labels = await store.label_values(conn, ids, priorities.label_names)
     before = await store.assessed(conn, ids)
     rows, entries, raised = [], [], []

@@ -34,6 +34,7 @@ class ResolvedAlert:
     id: int
     source: str
     fingerprint: str
+    ci_id: str | None
     incident_ids: tuple[int, ...]
 
 
@@ -106,21 +107,22 @@ async def resolve_firing(
     ends = {(a.source, a.fingerprint): a.ends_at or now for a in batch}
     # The firing alerts and their incidents in one read (an alert in no incident: a row
     # with no incident id).
-    found: dict[int, tuple[str, str, list[int]]] = {}
-    for alert_id, source, fingerprint, incident_id in await conn.execute(
+    found: dict[int, tuple[str, str, str | None, list[int]]] = {}
+    for alert_id, source, fingerprint, ci_id, incident_id in await conn.execute(
             _FIRING_WITH_INCIDENTS, {"keys": list(ends)}):
-        links = found.setdefault(alert_id, (source, fingerprint, []))[2]
+        links = found.setdefault(alert_id, (source, fingerprint, ci_id, []))[3]
         if incident_id is not None:
             links.append(incident_id)
     if not found:
         return []
     await conn.execute(_RESOLVE, [{"alert_id": i, "now": now, "ends": ends[(s, f)]}
-                                  for i, (s, f, _) in found.items()])
-    return [ResolvedAlert(i, s, f, tuple(links)) for i, (s, f, links) in found.items()]
+                                  for i, (s, f, _, _) in found.items()])
+    return [ResolvedAlert(i, s, f, ci, tuple(links)) for i, (s, f, ci, links) in found.items()]
 
 
 _FIRING_WITH_INCIDENTS = (
-    sa.select(alerts.c.id, alerts.c.source, alerts.c.fingerprint, incident_alerts.c.incident_id)
+    sa.select(alerts.c.id, alerts.c.source, alerts.c.fingerprint, alerts.c.ci_id,
+              incident_alerts.c.incident_id)
     .outerjoin(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
     .where(alerts.c.status == AlertStatus.FIRING.value,
            sa.tuple_(alerts.c.source, alerts.c.fingerprint).in_(

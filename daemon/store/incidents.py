@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from daemon.models import (
     TimelineEntry,
     TimelineKind,
 )
+from daemon.store.link_memory import LinkMemory
 from daemon.store.tables import alerts, cis, incident_alerts, incidents, timeline
 
 _OPEN = [s.value for s in OPEN_STATUSES]
@@ -385,34 +386,24 @@ _ACTIVE_INCIDENTS = (
            incidents.c.status.in_(_OPEN))
     .group_by(incidents.c.id, incidents.c.created_at)
 )
-# The CIs of those incidents' bound alerts, stale ones too: one row per (incident, CI),
-# plain strings, however many alerts share the CI.
-_INCIDENT_CIS = (
-    sa.select(incident_alerts.c.incident_id, alerts.c.ci_id).distinct()
-    .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-    .where(incident_alerts.c.incident_id.in_(sa.bindparam("ids", expanding=True)), _BOUND)
-)
-
-
 async def open_incident_cis(
-    conn: AsyncConnection, *, since: datetime
+    conn: AsyncConnection, *, since: datetime, links: LinkMemory
 ) -> dict[int, tuple[datetime, datetime, set[str]]]:
     """Open incidents active since `since` that have bound alerts:
     id → (created_at, last activity, their alerts' CIs).
 
     Last activity is the newest `last_seen` of an incident's bound alerts, so an
-    incident is active exactly when one of them was seen since `since`. Two
-    statements: the active incidents, with their times (a row each), then their CIs
-    (a row per incident and CI, no timestamps to convert: the big part stays cheap).
+    incident is active exactly when one of them was seen since `since`. One statement
+    for the active incidents and their times (a row each); their CIs come from `links`
+    (kept between batches: a large incident is not read whole every time). What
+    `links` keeps of incidents no longer active is dropped.
     """
     active = (await conn.execute(_ACTIVE_INCIDENTS, {"since": since})).all()
+    links.keep_only(i for i, _, _ in active)
     if not active:
         return {}
-    out = {i: (created, last, set[str]()) for i, created, last in active}
-    # all(): one fetch of the rows; iterating the result fetches them one by one.
-    for incident_id, ci_id in (await conn.execute(_INCIDENT_CIS, {"ids": list(out)})).all():
-        out[incident_id][2].add(ci_id)
-    return out
+    summaries = await links.summaries(conn, (i for i, _, _ in active))
+    return {i: (created, last, summaries[i].cis) for i, created, last in active}
 
 
 async def open_touching_ci(conn: AsyncConnection, ci_id: str, *, limit: int) -> list[Any]:
@@ -454,49 +445,6 @@ async def merge(conn: AsyncConnection, merges: Sequence[tuple[int, int]], now: d
     )
     closed = {r.id: _state(r) for r in result}
     return [closed[f] for f, _ in merges if f in closed]
-
-
-@dataclass(slots=True)
-class CiSummary:
-    """What the alerts of one incident add up to, for its root cause and impact."""
-
-    cis: set[str] = field(default_factory=set)  # the CIs of its bound alerts
-    firing: set[str] = field(default_factory=set)  # those with an alert still firing
-    worst: Severity | None = None  # the most severe of all its alerts, bound or not
-
-
-# Severity.rank in SQL, so the worst severity is a MIN over the alerts.
-_RANK = sa.case({s.value: s.rank for s in Severity}, value=alerts.c.severity)
-_BY_RANK = {s.rank: s for s in Severity}
-_CI_STATES = (
-    sa.select(incident_alerts.c.incident_id, alerts.c.ci_id,
-              sa.func.max(sa.case((alerts.c.status == AlertStatus.FIRING.value, 1), else_=0)),
-              sa.func.min(_RANK))
-    .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-    .where(incident_alerts.c.incident_id.in_(sa.bindparam("ids", expanding=True)))
-    .group_by(incident_alerts.c.incident_id, alerts.c.ci_id)
-)
-
-
-async def ci_summaries(conn: AsyncConnection, incident_ids: Iterable[int]
-                       ) -> dict[int, CiSummary]:
-    """Each incident's CIs, firing CIs and worst severity, read as one row per (incident,
-    CI) however many alerts share the CI: an incident's assessment needs no more, and
-    its cost stays flat as the incident grows. Every id asked for has an entry."""
-    ids = sorted(set(incident_ids))
-    out = {i: CiSummary() for i in ids}
-    if not ids:
-        return out
-    for incident_id, ci_id, firing, rank in (await conn.execute(_CI_STATES, {"ids": ids})).all():
-        summary = out[incident_id]
-        if ci_id is not None:
-            summary.cis.add(ci_id)
-            if firing:
-                summary.firing.add(ci_id)
-        worst = _BY_RANK[rank]
-        if summary.worst is None or worst.rank < summary.worst.rank:
-            summary.worst = worst
-    return out
 
 
 async def label_values(conn: AsyncConnection, incident_ids: Iterable[int],
@@ -560,14 +508,17 @@ async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> N
 async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None], *,
                     settled: Collection[int] = (), added_at: datetime | None = None) -> int:
     """Give the alerts of each incident their role from their CI and the incident's
-    root-cause CI (incident id → root). Writes only the links whose role changes, in
-    one statement; returns how many.
+    root-cause CI (incident id → root). Writes only the links whose role changes;
+    returns how many.
 
     `settled`: incidents whose root did not change and that took no links from another
-    incident. Of their links only those added at `added_at` (linked with a first guess)
-    and those marked root cause can be wrong (an alert's CI never changes), so only
-    those are looked at: a big incident's other links are not read."""
-    if not roots:
+    incident. A role depends only on the alert's CI, which never changes, and the root,
+    so of their links only those added at `added_at` (linked with a first guess) can be
+    wrong: only those are looked at (an index seek), a big incident's others not at all.
+    One statement for the settled incidents, one for the others."""
+    unsettled = [i for i in roots if i not in settled]
+    settled_ids = [i for i in roots if i in settled] if added_at is not None else []
+    if not unsettled and not settled_ids:
         return 0
     ci = (sa.select(alerts.c.ci_id).where(alerts.c.id == incident_alerts.c.alert_id)
           .scalar_subquery())
@@ -577,17 +528,17 @@ async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None], *,
     # is not true.
     role = sa.case((ci.is_(None), Role.UNBOUND.value), (ci == root, Role.ROOT_CAUSE.value),
                    else_=Role.SYMPTOM.value)
-    unsettled = [i for i in roots if i not in settled]
-    candidates = sa.or_(incident_alerts.c.incident_id.in_(unsettled),
-                        incident_alerts.c.added_at == added_at,
-                        incident_alerts.c.role == Role.ROOT_CAUSE.value)
-    result = await conn.execute(
-        sa.update(incident_alerts)
-        .where(incident_alerts.c.incident_id.in_(list(roots)), candidates,
-               incident_alerts.c.role.is_distinct_from(role))
-        .values(role=role)
-    )
-    return result.rowcount
+    update = (sa.update(incident_alerts).where(incident_alerts.c.role.is_distinct_from(role))
+              .values(role=role))
+    written = 0
+    if unsettled:
+        result = await conn.execute(update.where(incident_alerts.c.incident_id.in_(unsettled)))
+        written += result.rowcount
+    if settled_ids:
+        result = await conn.execute(update.where(incident_alerts.c.incident_id.in_(settled_ids),
+                                                 incident_alerts.c.added_at == added_at))
+        written += result.rowcount
+    return written
 
 
 async def resolved_before(conn: AsyncConnection, before: datetime, limit: int = 1000

@@ -136,6 +136,19 @@ incident_alerts = sa.Table(
     sa.Index("ix_incident_alerts_incident_id_added_at", "incident_id", "added_at"),
 )
 
+# Moved by the database whenever alert links or alert states change outside an ingest
+# batch (triggers, migration 0013): what tells the ingest writer that what it keeps of
+# the open incidents' links is stale (`store.link_memory`). One row, id 1. `ingesting`
+# is set by a batch on SQLite so that its own changes do not count (PostgreSQL uses a
+# transaction-local setting instead: a column would be a row lock held all batch).
+link_changes = sa.Table(
+    "link_changes",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+    sa.Column("ingesting", sa.Boolean(), nullable=False),
+)
+
 timeline = sa.Table(
     "timeline",
     metadata,

@@ -39,6 +39,7 @@ from daemon.receivers import pagerduty
 from daemon.store import Store
 from daemon.store import changes as change_store
 from daemon.store import incidents as incident_store
+from daemon.store.link_memory import LinkMemory
 from tests.conftest import FakeClock, make_pipeline
 
 Client = TestClient  # type: ignore[type-arg]
@@ -219,7 +220,7 @@ async def open_incident(store: Store, topology: Topology, now: datetime, *alerts
         [opened] = await incidents.open_incidents(conn, [Group(
             key=-1, created_at=now, last_activity=now, group_key="g", alerts=new)], now)
         await impact.refresh(conn, topology, [opened.incident.id], now,
-                             priorities=PriorityMatrix(PriorityConfig()))
+                             priorities=PriorityMatrix(PriorityConfig()), links=LinkMemory())
     return opened.incident.id
 
 

@@ -56,6 +56,7 @@ class World:
     async def send(self, *alerts: Alert) -> None:
         async with self.store.write() as conn:
             await self.pipeline.process(conn, alerts)
+        self.pipeline.committed()  # as the ingest writer: later batches use what it kept
 
     async def incidents(self) -> list[Incident]:
         async with self.store.read() as conn:

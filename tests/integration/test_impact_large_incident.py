@@ -15,6 +15,7 @@ from daemon.itsm.priority import PriorityMatrix
 from daemon.models import Alert, Incident, Priority, Severity, TimelineKind
 from daemon.store import Store
 from daemon.store import incidents as incident_store
+from daemon.store.link_memory import LinkMemory
 from tests.conftest import FakeClock
 from tests.integration.test_correlation_scenarios import World, alert, ci
 
@@ -117,5 +118,5 @@ async def test_a_label_rule_matching_one_alert_of_many(store: Store, clock: Fake
     ]})
     async with store.write() as conn:
         await impact.refresh(conn, world.holder.current, [inc.id], clock.now(),
-                             priorities=PriorityMatrix(config))
+                             priorities=PriorityMatrix(config), links=LinkMemory())
     assert (await only_incident(world)).priority is Priority(config.matrix[0][0])

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from daemon.models import IncidentStatus
 from daemon.store import Store
 from daemon.store import incidents as incident_store
+from daemon.store.link_memory import LinkMemory
 from daemon.store.tables import alerts, incident_alerts, incidents
 from tests.conftest import FakeClock
 from tests.integration.test_correlation_scenarios import CHAIN, World, alert, members
@@ -48,7 +49,7 @@ async def add_incident(store: Store, *seen: tuple[str | None, datetime],
 
 async def snapshot(store: Store) -> dict[int, tuple[datetime, datetime, set[str]]]:
     async with store.read() as conn:
-        return await incident_store.open_incident_cis(conn, since=SINCE)
+        return await incident_store.open_incident_cis(conn, since=SINCE, links=LinkMemory())
 
 
 async def test_the_window_edge_is_inclusive_to_the_microsecond(store: Store) -> None:

@@ -1,0 +1,208 @@
+"""What the alert links of open incidents add up to, kept by the ingest writer between batches.
+
+Every ingest batch needs the CIs of the open incidents' alerts (correlation) and,
+for the incidents it touches, which of those CIs still fire and the worst severity
+(root cause, impact, priority). Read from the database, that is a join over every
+link of an incident: with one incident of thousands of alerts, tens of milliseconds
+a batch, growing with the incident. But the facts change little and in few ways: an
+incident's links only grow (a merge moves all of one incident's links into another),
+an alert's CI and severity never change after it is stored, and its status only
+moves from firing to resolved. So the writer keeps, per incident, what its links add
+up to, and applies its own changes to that as it makes them.
+
+That stays true only while nothing else changes links or alert states. The database
+counts every other change in `link_changes` (the triggers of migration 0013: a hand
+resolve, another replica's batch, someone at a SQL prompt), and a batch that finds the
+count moved since this writer's last commit forgets everything and reads afresh. The
+protocol, per batch: `begin` (after the ingest lock), the batch's changes with
+`linked` / `resolved` / `merged` beside them, `end` (its last statement), then
+`committed` once the commit is known to have landed; a batch not confirmed so (it
+failed, or its commit did) leaves the next one trusting nothing kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.models import Alert, AlertStatus, Severity
+from daemon.store.tables import alerts, incident_alerts, link_changes
+
+_BY_RANK = {s.rank: s for s in Severity}
+
+
+@dataclass(slots=True)
+class LinkSummary:
+    """What the alerts of one incident add up to, for correlation, root cause and impact."""
+
+    cis: set[str] = field(default_factory=set)  # the CIs of its bound alerts
+    # CI → how many of its alerts still fire (CIs with none are left out)
+    firing_on: dict[str, int] = field(default_factory=dict)
+    worst_rank: int | None = None  # the most severe of all its alerts, bound or not
+
+    @property
+    def firing(self) -> set[str]:
+        """The CIs with an alert still firing."""
+        return set(self.firing_on)
+
+    @property
+    def worst(self) -> Severity | None:
+        return None if self.worst_rank is None else _BY_RANK[self.worst_rank]
+
+    def add(self, ci: str | None, severity: Severity, *, firing: bool) -> None:
+        if ci is not None:
+            self.cis.add(ci)
+            if firing:
+                self.firing_on[ci] = self.firing_on.get(ci, 0) + 1
+        if self.worst_rank is None or severity.rank < self.worst_rank:
+            self.worst_rank = severity.rank
+
+    def absorb(self, other: LinkSummary) -> None:
+        self.cis |= other.cis
+        for ci, n in other.firing_on.items():
+            self.firing_on[ci] = self.firing_on.get(ci, 0) + n
+        if other.worst_rank is not None and (self.worst_rank is None
+                                             or other.worst_rank < self.worst_rank):
+            self.worst_rank = other.worst_rank
+
+
+# Severity.rank in SQL, so the worst severity is a MIN over the alerts.
+_RANK = sa.case({s.value: s.rank for s in Severity}, value=alerts.c.severity)
+# One row per (incident, CI) however many alerts share the CI.
+_SUMMARIES = (
+    sa.select(incident_alerts.c.incident_id, alerts.c.ci_id,
+              sa.func.sum(sa.case((alerts.c.status == AlertStatus.FIRING.value, 1), else_=0)),
+              sa.func.min(_RANK))
+    .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
+    .where(incident_alerts.c.incident_id.in_(sa.bindparam("ids", expanding=True)))
+    .group_by(incident_alerts.c.incident_id, alerts.c.ci_id)
+)
+_NEXT = (sa.update(link_changes).where(link_changes.c.id == 1)
+         .values(n=link_changes.c.n + 1, ingesting=False).returning(link_changes.c.n))
+_BEGIN_SQLITE = (sa.update(link_changes).where(link_changes.c.id == 1)
+                 .values(ingesting=True).returning(link_changes.c.n))
+# The setting lasts until the transaction ends, so a failed batch leaves nothing behind.
+_BEGIN_PG = sa.text("SELECT set_config('incidentd.ingesting', 'on', true), n "
+                    "FROM link_changes WHERE id = 1")
+
+
+async def read_summaries(conn: AsyncConnection, incident_ids: Iterable[int]
+                         ) -> dict[int, LinkSummary]:
+    """Each incident's summary as the database has it now; every id asked for has one."""
+    ids = sorted(set(incident_ids))
+    out = {i: LinkSummary() for i in ids}
+    if not ids:
+        return out
+    for incident_id, ci_id, firing, rank in (await conn.execute(_SUMMARIES, {"ids": ids})).all():
+        summary = out[incident_id]
+        if ci_id is not None:
+            summary.cis.add(ci_id)
+            if firing:
+                summary.firing_on[ci_id] = int(firing)
+        if summary.worst_rank is None or rank < summary.worst_rank:
+            summary.worst_rank = rank
+    return out
+
+
+class LinkMemory:
+    """The summaries of the incidents the last batches worked with, while still true."""
+
+    def __init__(self) -> None:
+        self._kept: dict[int, LinkSummary] = {}
+        self._count_at_commit: int | None = None  # `link_changes.n` as the last commit left it
+        self._count_at_begin: int | None = None
+        self._count_at_end: int | None = None
+
+    @property
+    def kept(self) -> Mapping[int, LinkSummary]:
+        return MappingProxyType(self._kept)
+
+    async def begin(self, conn: AsyncConnection) -> None:
+        """A batch starts (under the ingest lock): forget everything if anything but this
+        writer changed links or alert states since its last commit."""
+        if conn.dialect.name == "postgresql":
+            count = (await conn.execute(_BEGIN_PG)).one()[1]
+        else:
+            count = (await conn.execute(_BEGIN_SQLITE)).scalar_one()
+        if count != self._count_at_commit:
+            self.forget()
+        # Until this batch is known to have committed: a batch that is never confirmed
+        # (it failed, or its caller does not say) makes the next one read afresh.
+        self._count_at_commit = None
+        self._count_at_begin, self._count_at_end = count, None
+
+    async def end(self, conn: AsyncConnection) -> None:
+        """The batch's last statement. It moves the count once, for the other replicas."""
+        count = (await conn.execute(_NEXT)).scalar_one()
+        # Moved by more than this batch's own step: someone else's change committed
+        # while the batch ran, and what it read before may not show it.
+        self._count_at_end = count if count == (self._count_at_begin or 0) + 1 else None
+
+    def committed(self) -> None:
+        """The batch committed: what is kept is what the database now says."""
+        self._count_at_commit = self._count_at_end
+
+    def forget(self) -> None:
+        """Someone else changed links, or a batch was not confirmed: read afresh."""
+        self._kept.clear()
+        self._count_at_commit = None
+
+    async def summaries(self, conn: AsyncConnection, incident_ids: Iterable[int]
+                        ) -> dict[int, LinkSummary]:
+        """The summaries of these incidents (read from the database those not kept).
+        The caller must not change them."""
+        ids = set(incident_ids)
+        missing = ids - self._kept.keys()
+        if missing:
+            self._kept.update(await read_summaries(conn, missing))
+        return {i: self._kept[i] for i in ids}
+
+    def keep_only(self, incident_ids: Iterable[int]) -> None:
+        """Drop the others (incidents no longer open or active): bounded memory."""
+        wanted = set(incident_ids)
+        for incident_id in self._kept.keys() - wanted:
+            del self._kept[incident_id]
+
+    def linked(self, incident_id: int, members: Iterable[Alert], *, opened: bool) -> None:
+        """Firing alerts were just linked to the incident (`opened`: it had no links
+        before, so they are all of them)."""
+        summary = self._kept.get(incident_id)
+        if summary is None:
+            if not opened:
+                return  # not kept: read whole, these links included, when next asked for
+            summary = self._kept[incident_id] = LinkSummary()
+        for alert in members:
+            summary.add(alert.ci_id, alert.severity, firing=True)
+
+    def resolved(self, resolved: Iterable[tuple[str | None, Sequence[int]]]) -> None:
+        """Firing alerts (their CI, their incidents) were just resolved."""
+        for ci, incident_ids in resolved:
+            if ci is None:
+                continue
+            for incident_id in incident_ids:
+                summary = self._kept.get(incident_id)
+                if summary is None:
+                    continue
+                left = summary.firing_on.get(ci, 0) - 1
+                if left > 0:
+                    summary.firing_on[ci] = left
+                elif left == 0:
+                    del summary.firing_on[ci]
+                else:  # cannot be, unless kept wrong: read it afresh rather than guess
+                    del self._kept[incident_id]
+
+    def merged(self, merges: Mapping[int, int]) -> None:
+        """All links of each `from` incident just moved into its `into` (from → into)."""
+        for source, into in merges.items():
+            moved = self._kept.pop(source, None)
+            target = self._kept.get(into)
+            if target is None:
+                continue
+            if moved is None:
+                del self._kept[into]  # half known: read it whole when next asked for
+            else:
+                target.absorb(moved)
