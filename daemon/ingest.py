@@ -36,6 +36,7 @@ from daemon.itsm.impact import SeverityRaised
 from daemon.itsm.incidents import Transition
 from daemon.itsm.maintenance import Maintenance, Suppressed
 from daemon.itsm.priority import PriorityMatrix
+from daemon.itsm.root_cause import RootCauses
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 from daemon.store import alerts as alert_store
@@ -80,6 +81,15 @@ class Stages:
     reopen_window_seconds: int
 
 
+@dataclass(slots=True)
+class Kept:
+    """What the pipeline keeps from one batch to the next instead of reading it again:
+    what open incidents' links add up to, and the counts behind their root causes."""
+
+    links: LinkMemory = field(default_factory=LinkMemory)
+    roots: RootCauses = field(default_factory=RootCauses)
+
+
 class Pipeline:
     """bind → dedup → flapping → maintenance → correlation → incidents → impact →
     follow-up (problems, suspected changes, SLA clocks, escalation), in the caller's
@@ -91,8 +101,7 @@ class Pipeline:
         self._followup = followup
         self._topology = topology
         self._clock = clock
-        # What the open incidents' links add up to, kept from batch to batch.
-        self._links = LinkMemory()
+        self._kept = Kept()
 
     @property
     def stages(self) -> Stages:
@@ -106,7 +115,7 @@ class Pipeline:
     async def process(self, conn: AsyncConnection, batch: Sequence[AlertEvent]) -> BatchResult:
         """Run the batch in the caller's transaction. A caller that commits it says so
         with `committed`; until then the next batch trusts nothing kept from this one."""
-        stages, policies, links = self._stages, self._followup.policies, self._links
+        stages, policies, links = self._stages, self._followup.policies, self._kept.links
         await serialize_correlation(conn)
         await links.begin(conn)
         now = self._clock.now()
@@ -118,22 +127,23 @@ class Pipeline:
             outcome = await dedup.apply(conn, group, now)
             links.resolved((r.ci_id, r.incident_ids) for r in outcome.resolved)
             result.processed.update((a.source, Outcome.DUPLICATE) for a in outcome.repeated)
-            await self._place(conn, stages, links, outcome.new, now, result)
+            await self._place(conn, stages, self._kept, outcome.new, now, result)
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)
             result.transitions += await incidents.acknowledge_from_sources(
                 conn, outcome.acknowledged, now
             )
         await self._follow_up(conn, policies, result, now)
         await links.end(conn)
+        self._kept.roots.keep_only(links.kept)
         return result
 
     @property
     def links(self) -> LinkMemory:
-        return self._links
+        return self._kept.links
 
     def committed(self) -> None:
         """The last `process` committed: what it kept of the links is the database's."""
-        self._links.committed()
+        self._kept.links.committed()
 
     async def release_maintenance(self, conn: AsyncConnection) -> BatchResult:
         """Alerts still firing when their maintenance window ended get incidents now.
@@ -146,7 +156,7 @@ class Pipeline:
         now = self._clock.now()
         result = BatchResult()
         released = await stages.maintenance.release(conn, now)
-        await self._place(conn, stages, LinkMemory(), released, now, result)
+        await self._place(conn, stages, Kept(), released, now, result)
         result.processed.clear()
         await self._follow_up(conn, policies, result, now)
         return result
@@ -165,13 +175,14 @@ class Pipeline:
             for t in result.transitions
         ]
 
-    async def _place(self, conn: AsyncConnection, stages: Stages, links: LinkMemory,
+    async def _place(self, conn: AsyncConnection, stages: Stages, kept: Kept,
                      new: Sequence[Placed], now: datetime, result: BatchResult) -> None:
         """Put new alerts into incidents: flapping ones back where they were, alerts
         under a maintenance window nowhere, the rest where correlation says; then work
         out root cause and impact again."""
         if not new:
             return
+        links, roots = kept.links, kept.roots
         reopen_window = stages.reopen_window_seconds
         lookback = max(stages.flapping.window, timedelta(seconds=reopen_window))
         earlier = await alert_store.earlier_firings(conn, new, since=now - lookback)
@@ -197,7 +208,7 @@ class Pipeline:
         touched |= merged_into
         result.raised += await impact.refresh(conn, self._topology.current, touched, now,
                                               priorities=stages.priorities, links=links,
-                                              merged_into=merged_into)
+                                              root_causes=roots, merged_into=merged_into)
         result.transitions += reopened + opened + merged
         result.touched |= touched
 

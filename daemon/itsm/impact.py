@@ -1,10 +1,8 @@
 """Root cause and business impact of incidents, from their alerts and the CMDB graph.
 
-The root cause is the most upstream CI with a firing alert: one that
-depends on no other firing CI of the incident. Among several, the one most
-of the others depend on, then the most critical. The impacted CIs are those
-that depend on it, transitively; the impacted services are the business
-services among them and those they belong to.
+The root cause is the most upstream CI with a firing alert (`root_cause`). The
+impacted CIs are those that depend on it, transitively; the impacted services are
+the business services among them and those they belong to.
 """
 
 from __future__ import annotations
@@ -17,30 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.correlation.topology import Topology
 from daemon.itsm.priority import PriorityMatrix
+from daemon.itsm.root_cause import RootCauses
 from daemon.models import SYSTEM_ACTOR, Severity, TimelineEntry, TimelineKind
 from daemon.store import incidents as store
 from daemon.store.link_memory import LinkMemory
 
 # Bounds the impact list of a root cause deep in a huge graph (a core switch).
 MAX_IMPACTED = 10_000
-
-
-def root_cause(topology: Topology, cis: Iterable[str], depth: int = 8) -> str | None:
-    """Dependencies further than `depth` hops apart are not compared (bounded cost)."""
-    present = topology.cis.keys() & cis
-    if not present:
-        return None
-    below: dict[str, int] = dict.fromkeys(present, 0)  # how many others depend on it
-    has_upstream: set[str] = set()
-    upstream = topology.upstream
-    for ci in present:
-        deps = upstream(ci, depth) & present
-        if deps:
-            has_upstream.add(ci)
-            for dep in deps:
-                below[dep] += 1
-    tops = (present - has_upstream) or present
-    return min(tops, key=lambda ci: (-below[ci], topology.cis[ci].criticality, ci))
 
 
 def impact(topology: Topology, root: str | None) -> tuple[list[str], list[str]]:
@@ -60,6 +41,7 @@ class SeverityRaised:
 
 async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Iterable[int],
                   now: datetime, *, priorities: PriorityMatrix, links: LinkMemory,
+                  root_causes: RootCauses | None = None,
                   merged_into: Collection[int] = ()) -> list[SeverityRaised]:
     """Recompute root cause, impact, alert roles, severity (it only ever rises) and
     priority (unless set by hand) of incidents whose alerts changed: alerts linked at
@@ -67,17 +49,20 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
 
     What the incidents' alerts add up to comes from `links` (kept between batches, or
     one row per (incident, CI) when not kept); of the alerts themselves only the labels
-    the priority rules look at are read."""
+    the priority rules look at are read. `root_causes` keeps the counts behind each
+    incident's root cause from one call to the next (none: counted afresh)."""
     ids = sorted(set(incident_ids))
     if not ids:
         return []
+    if root_causes is None:
+        root_causes = RootCauses()
     summaries = await links.summaries(conn, ids)
     labels = await store.label_values(conn, ids, priorities.label_names)
     before = await store.assessed(conn, ids)
     rows, entries, raised = [], [], []
     roots: dict[int, str | None] = {}
     for incident_id, summary in summaries.items():
-        root = root_cause(topology, summary.firing or summary.cis)
+        root = root_causes.of(topology, incident_id, summary.firing or summary.cis)
         impacted, services = impact(topology, root)
         stored = before[incident_id]
         previous, severity = stored.root_cause_ci, stored.severity

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from daemon.config import CorrelationConfig
 from daemon.correlation.engine import Correlator
 from daemon.correlation.topology import Topology, TopologyHolder
-from daemon.itsm.impact import root_cause
+from daemon.itsm.root_cause import root_cause
 from daemon.models import Alert, AlertStatus, ConfigurationItem, Severity
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
