@@ -40,6 +40,7 @@ from daemon.itsm.root_cause import RootCauses
 from daemon.models import Alert, AlertEvent, incident_key
 from daemon.store import Store, StoreUnavailable
 from daemon.store import alerts as alert_store
+from daemon.store import incidents as incident_store
 from daemon.store.incidents import IncidentState
 from daemon.store.link_memory import LinkMemory
 
@@ -126,6 +127,8 @@ class Pipeline:
         for group in dedup.rounds(stages.binder.bind(batch)):
             outcome = await dedup.apply(conn, group, now)
             links.resolved((r.ci_id, r.incident_ids) for r in outcome.resolved)
+            await incident_store.alerts_seen(
+                conn, outcome.repeated_bound + [r.id for r in outcome.resolved if r.ci_id], now)
             result.processed.update((a.source, Outcome.DUPLICATE) for a in outcome.repeated)
             await self._place(conn, stages, self._kept, outcome.new, now, result)
             result.transitions += await incidents.resolve_cleared(conn, outcome.resolved, now)

@@ -17,6 +17,8 @@ from daemon.store.alerts import ResolvedAlert
 class DedupOutcome:
     new: list[tuple[Alert, int]] = field(default_factory=list)
     repeated: list[Alert] = field(default_factory=list)
+    # Stored ids of the repeated alerts bound to a CI: their incidents saw them again.
+    repeated_bound: list[int] = field(default_factory=list)
     resolved: list[ResolvedAlert] = field(default_factory=list)
     # Resolves for which nothing was firing: retries, or alerts from before our time.
     stale_resolves: list[Alert] = field(default_factory=list)
@@ -58,6 +60,8 @@ async def apply(
             outcome.new.append((alert, row.id))
         else:
             outcome.repeated.append(alert)
+            if alert.ci_id is not None:
+                outcome.repeated_bound.append(row.id)
     outcome.resolved = await alert_store.resolve_firing(conn, resolving, now)
     done = {(r.source, r.fingerprint) for r in outcome.resolved}
     outcome.stale_resolves = [a for a in resolving if (a.source, a.fingerprint) not in done]

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.models import Alert, AlertStatus, Link, Severity
+from daemon.store import incidents as incident_store
 from daemon.store.tables import UTCDateTime, alerts, incident_alerts
 
 FIRING = sa.text("status = 'firing'")
@@ -162,8 +163,12 @@ async def resolve_of_incident(conn: AsyncConnection, incident_id: int, now: date
         .where(alerts.c.id.in_(member), alerts.c.status == AlertStatus.FIRING.value)
         .values(status=AlertStatus.RESOLVED.value, resolved_at=now, last_seen=now,
                 ends_at=sa.func.coalesce(alerts.c.ends_at, now))
+        .returning(alerts.c.ci_id)
     )
-    return result.rowcount or 0
+    resolved = result.scalars().all()
+    if any(ci is not None for ci in resolved):  # their last_seen moved: so does the incident's
+        await incident_store.active_at(conn, [incident_id], now)
+    return len(resolved)
 
 
 async def firing_incident_ids(

@@ -27,7 +27,14 @@ from daemon.models import (
     TimelineKind,
 )
 from daemon.store.link_memory import LinkMemory
-from daemon.store.tables import alerts, cis, incident_alerts, incidents, timeline
+from daemon.store.tables import (
+    UTCDateTime,
+    alerts,
+    cis,
+    incident_alerts,
+    incidents,
+    timeline,
+)
 
 _OPEN = [s.value for s in OPEN_STATUSES]
 
@@ -156,12 +163,39 @@ async def insert_incidents(
 async def link_alerts(
     conn: AsyncConnection, links: Sequence[tuple[int, int, str]], now: datetime
 ) -> None:
-    """Link (incident_id, alert_id, role) triples."""
+    """Link (incident_id, alert_id, role) triples of alerts seen at `now`."""
     if links:
         await conn.execute(
             sa.insert(incident_alerts),
             [{"incident_id": i, "alert_id": a, "role": r, "added_at": now} for i, a, r in links],
         )
+        await active_at(conn, {i for i, _, role in links if role != Role.UNBOUND}, now)
+
+
+async def alerts_seen(conn: AsyncConnection, alert_ids: Collection[int], now: datetime) -> None:
+    """Alerts bound to a CI were seen at `now` (again, or resolving): their incidents
+    were active then."""
+    if alert_ids:
+        linked = sa.select(incident_alerts.c.incident_id).where(
+            incident_alerts.c.alert_id.in_(list(alert_ids)))
+        await conn.execute(sa.update(incidents).where(incidents.c.id.in_(linked), _BEFORE)
+                           .values(last_alert_at=sa.bindparam("now", type_=UTCDateTime())),
+                           {"now": now})
+
+
+# `last_alert_at` only moves forward (a batch's `now` may trail another writer's).
+_BEFORE = sa.or_(incidents.c.last_alert_at.is_(None),
+                 incidents.c.last_alert_at < sa.bindparam("now", type_=UTCDateTime()))
+
+
+async def active_at(conn: AsyncConnection, incident_ids: Collection[int], now: datetime
+                    ) -> None:
+    """Alerts bound to a CI of these incidents were seen at `now`."""
+    if incident_ids:
+        await conn.execute(sa.update(incidents)
+                           .where(incidents.c.id.in_(list(incident_ids)), _BEFORE)
+                           .values(last_alert_at=sa.bindparam("now", type_=UTCDateTime())),
+                           {"now": now})
 
 
 async def add_timeline(
@@ -372,28 +406,24 @@ def _incident(
     )
 
 
-_BOUND = alerts.c.ci_id.is_not(None)
-# Open incidents with a bound alert seen since :since, and the newest such sighting. The
-# newest over the recent alerts is the newest over all of them, so the newest of all
-# is not needed (the partial index ix_alerts_bound_last_seen can serve the window).
+# Open incidents with a bound alert seen since :since: a row per open incident, read
+# from the incident itself (`last_alert_at`), whatever the number of its alerts.
 _ACTIVE_INCIDENTS = (
-    sa.select(incidents.c.id, incidents.c.created_at,
-              sa.func.max(alerts.c.last_seen).label("last_seen"))
-    .select_from(alerts)
-    .join(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
-    .join(incidents, incidents.c.id == incident_alerts.c.incident_id)
-    .where(_BOUND, alerts.c.last_seen >= sa.bindparam("since"),
-           incidents.c.status.in_(_OPEN))
-    .group_by(incidents.c.id, incidents.c.created_at)
+    sa.select(incidents.c.id, incidents.c.created_at, incidents.c.last_alert_at)
+    .where(incidents.c.status.in_(_OPEN),
+           incidents.c.last_alert_at >= sa.bindparam("since", type_=UTCDateTime()))
 )
+
+
 async def open_incident_cis(
     conn: AsyncConnection, *, since: datetime, links: LinkMemory
 ) -> dict[int, tuple[datetime, datetime, set[str]]]:
     """Open incidents active since `since` that have bound alerts:
     id → (created_at, last activity, their alerts' CIs).
 
-    Last activity is the newest `last_seen` of an incident's bound alerts, so an
-    incident is active exactly when one of them was seen since `since`. One statement
+    Last activity is the newest `last_seen` of an incident's bound alerts (kept on the
+    incident as `last_alert_at`), so an incident is active exactly when one of them was
+    seen since `since`. One statement
     for the active incidents and their times (a row each); their CIs come from `links`
     (kept between batches: a large incident is not read whole every time). What
     `links` keeps of incidents no longer active is dropped.
@@ -427,7 +457,10 @@ async def merge(conn: AsyncConnection, merges: Sequence[tuple[int, int]], now: d
                 ) -> list[IncidentState]:
     """Fold incidents into others ((from, into) pairs; no `into` is also a `from`): their
     alert links move, and those still open close as merged. Two statements however many
-    merges; returns the incidents closed, in the order of `merges`."""
+    merges; returns the incidents closed, in the order of `merges`.
+
+    An `into` keeps its own `last_alert_at`: the bound alert that related the incidents
+    is linked to it at this instant, which is later than any sighting it takes in."""
     if not merges:
         return []
     into = dict(merges)
@@ -520,15 +553,18 @@ async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None], *,
     settled_ids = [i for i in roots if i in settled] if added_at is not None else []
     if not unsettled and not settled_ids:
         return 0
-    ci = (sa.select(alerts.c.ci_id).where(alerts.c.id == incident_alerts.c.alert_id)
-          .scalar_subquery())
+    ci = alerts.c.ci_id
     known = {i: root for i, root in roots.items() if root is not None}
     root = sa.case(known, value=incident_alerts.c.incident_id) if known else sa.null()
     # A bound alert whose CI is not the root (or with no root) is a symptom: `ci == NULL`
     # is not true.
     role = sa.case((ci.is_(None), Role.UNBOUND.value), (ci == root, Role.ROOT_CAUSE.value),
                    else_=Role.SYMPTOM.value)
-    update = (sa.update(incident_alerts).where(incident_alerts.c.role.is_distinct_from(role))
+    # UPDATE … FROM alerts (SQLite ≥ 3.33, PostgreSQL): one lookup of the alert per link,
+    # where a subquery for its CI was run once per mention (four).
+    update = (sa.update(incident_alerts)
+              .where(alerts.c.id == incident_alerts.c.alert_id,
+                     incident_alerts.c.role.is_distinct_from(role))
               .values(role=role))
     written = 0
     if unsettled:

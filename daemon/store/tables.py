@@ -108,6 +108,9 @@ incidents = sa.Table(
     # The alert name of the alert that opened it: with the root-cause CI, what
     # recurring-incident (problem) detection compares.
     sa.Column("alert_name", sa.String(255), nullable=True),
+    # When one of its alerts bound to a CI was last seen (the newest of their last_seen):
+    # the correlator's test of an incident still active (migration 0014).
+    sa.Column("last_alert_at", UTCDateTime(), nullable=True),
     sa.Index("ix_incidents_status_id", "status", "id"),
     sa.Index("ix_incidents_root_cause_ci_alert_name", "root_cause_ci", "alert_name"),
     sa.Index("ix_incidents_group_key_status", "group_key", "status"),

@@ -18,12 +18,12 @@ from tests.integration.test_correlation_scenarios import World, alert, ci, svc
 
 # Every statement of a 50-alert batch that repeats, opens, joins, merges and resolves,
 # with the follow-up (SLA clocks, escalation, problems, suspected changes) included.
-# 23-24 today, depending on the backend; the margin is for a new step, not for a loop.
+# 26-27 today, depending on the backend; the margin is for a new step, not for a loop.
 MAX_STATEMENTS = 30
 # A batch of 50 alerts may cost a few statements more than one of 5 (a step that has
 # nothing to do skips its statement, as the problems' link check does when no incident
 # has both a root cause and an alert name), never 45 more.
-MAX_GROWTH = 5
+MAX_GROWTH = 6
 
 
 @contextmanager
@@ -78,7 +78,7 @@ async def test_a_batch_costs_statements_per_batch_not_per_alert(
     with counting(store) as large:
         await world.send(*mixed_batch("l", 50))
     assert sum(large.values()) <= MAX_STATEMENTS, large
-    assert sum(large.values()) - sum(small.values()) <= MAX_GROWTH, (small, large)
+    assert sum(large.values()) - sum(small.values()) <= MAX_GROWTH, large - small
 
 
 def roles(incident: Incident) -> dict[str, str]:

@@ -26,11 +26,14 @@ async def add_incident(store: Store, *seen: tuple[str | None, datetime],
                        status: IncidentStatus = IncidentStatus.TRIGGERED) -> int:
     """An incident whose alerts are on these (CI, last seen)."""
     created = NOW - timedelta(hours=2)
+    # As the ingest keeps it: when a bound alert was last seen.
+    last_alert_at = max((at for ci_id, at in seen if ci_id is not None), default=None)
     async with store.write() as conn:
         [incident_id] = (await conn.execute(
             sa.insert(incidents).returning(incidents.c.id),
             [{"title": "t", "status": status.value, "severity": "error",
-              "group_key": f"g{next(_ids)}", "created_at": created}],
+              "group_key": f"g{next(_ids)}", "created_at": created,
+              "last_alert_at": last_alert_at}],
         )).scalars().all()
         for ci_id, last_seen in seen:
             [alert_id] = (await conn.execute(
@@ -86,3 +89,22 @@ async def test_an_alert_just_inside_the_window_joins(store: Store, clock: FakeCl
     await world.send(alert("db-down", "db"))
     [inc] = await world.incidents()
     assert members(inc) == {"app-errors", "db-down"}
+
+
+async def test_repeats_and_resolves_keep_an_incident_active(store: Store,
+                                                            clock: FakeClock) -> None:
+    """An incident is active while any of its bound alerts is seen: a repeat or a resolve
+    of one is a sighting, so a related alert after the window still joins."""
+    world = World(store, clock, *CHAIN, window_seconds=600)
+    await world.send(alert("app-errors", "app"), alert("web-5xx", "web"))
+    clock.advance(500)
+    await world.send(alert("app-errors", "app"))  # repeated: seen again now
+    clock.advance(500)
+    await world.send(alert("web-5xx", "web", status="resolved"))  # resolving: seen now
+    clock.advance(500)
+    await world.send(alert("db-down", "db"))  # 1,500 s after the incident opened
+    [inc] = await world.incidents()
+    assert members(inc) == {"app-errors", "web-5xx", "db-down"}
+    clock.advance(601)
+    await world.send(alert("host-down", "host-1"))  # nothing seen for 601 s: a new one
+    assert len(await world.incidents()) == 2

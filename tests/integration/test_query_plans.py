@@ -1,0 +1,93 @@
+"""The ingest's reads seek through indexes on SQLite, whose planner has no statistics
+to go by: a plan that scans a table passes every functional test and shows only as a
+batch that grows slower with every alert ever stored. These look at the plans."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.models import Alert
+from daemon.store import Store, migrate
+from daemon.store import alerts as alert_store
+from daemon.store import incidents as incident_store
+from daemon.store.link_memory import LinkMemory
+from tests.integration.test_correlation_scenarios import alert
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+
+async def plans_of(store: Store, call: Callable[[AsyncConnection], Awaitable[Any]]
+                   ) -> list[str]:
+    """The query plan of every SELECT `call` sends, as SQLite describes it."""
+    sent: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            sent.append((statement, parameters))
+
+    engine = store.writer_engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", keep)
+    try:
+        async with store.write() as conn:
+            await call(conn)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", keep)
+    details = []
+    async with store.read() as conn:
+        for statement, parameters in sent:
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            details.extend(str(row[-1]) for row in rows)
+    return details
+
+
+def scans(details: list[str]) -> list[str]:
+    """Full scans of a table (a SCAN of a few constant rows or of an index is fine)."""
+    return [d for d in details if d.startswith("SCAN ") and "CONSTANT ROWS" not in d
+            and "COVERING INDEX" not in d]
+
+
+async def sqlite_store(tmp_path: Path) -> Store:
+    store = Store.open(f"sqlite+aiosqlite:///{tmp_path}/plans.db")
+    await migrate.upgrade(store)
+    return store
+
+
+def some(n: int) -> list[Alert]:
+    return [alert(f"fp-{i}", f"app-{i % 7}" if i % 3 else None) for i in range(n)]
+
+
+async def test_the_identity_reads_seek_their_alerts(tmp_path: Path) -> None:
+    store = await sqlite_store(tmp_path)
+    try:
+        async with store.write() as conn:
+            stored = await alert_store.upsert_firing(conn, some(30), NOW)
+        new = list(zip(some(3), [s.id for s in stored[:3]], strict=True))
+        keys = [(a.source, a.fingerprint) for a in some(5)]
+        details = await plans_of(store, lambda conn: alert_store.earlier_firings(
+            conn, new, since=NOW - timedelta(hours=1)))
+        details += await plans_of(store, lambda conn: alert_store.resolve_firing(
+            conn, [alert(f"fp-{i}", None, status="resolved") for i in range(3)], NOW))
+        details += await plans_of(store, lambda conn: alert_store.firing_incident_ids(
+            conn, keys))
+        assert details
+        assert scans(details) == []
+        assert not any("ix_alerts_status_id" in d for d in details), details
+    finally:
+        await store.close()
+
+
+async def test_the_correlator_reads_only_the_open_incidents(tmp_path: Path) -> None:
+    store = await sqlite_store(tmp_path)
+    try:
+        details = await plans_of(store, lambda conn: incident_store.open_incident_cis(
+            conn, since=NOW, links=LinkMemory()))
+        assert any("ix_incidents_status_id" in d for d in details), details
+        assert not any("alerts" in d.split(" USING")[0] for d in details), details
+    finally:
+        await store.close()
