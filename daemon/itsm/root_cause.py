@@ -15,6 +15,7 @@ test compares them).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from daemon.correlation.topology import Topology
@@ -52,29 +53,38 @@ class _Counts:
     dependents: dict[str, set[str]] = field(default_factory=dict)
     # c → how many present CIs c depends on (0: nothing alerting above it)
     above: dict[str, int] = field(default_factory=dict)
+    tops: set[str] = field(default_factory=set)  # the present CIs with nothing above
+    last: str | None = None  # the answer, until a CI starts or stops alerting
 
     def add(self, topology: Topology, ci: str, depth: int) -> None:
         ups = topology.upstream(ci, depth)
-        self.above[ci] = len(ups & self.present)
+        self.above[ci] = n = len(ups & self.present)
+        if n == 0:
+            self.tops.add(ci)
         for up in ups:
             self.dependents.setdefault(up, set()).add(ci)
         for below in self.dependents.get(ci, ()):
             self.above[below] += 1
+            self.tops.discard(below)
         self.present.add(ci)
 
     def remove(self, topology: Topology, ci: str, depth: int) -> None:
         self.present.discard(ci)
+        self.tops.discard(ci)
         for up in topology.upstream(ci, depth):
             self.dependents[up].discard(ci)
         for below in self.dependents.get(ci, ()):
             self.above[below] -= 1
+            if self.above[below] == 0:
+                self.tops.add(below)
         del self.above[ci]
 
     def root(self, topology: Topology) -> str | None:
         if not self.present:
             return None
-        tops = [ci for ci, n in self.above.items() if n == 0] or self.present
-        return _pick(topology, tops, lambda ci: len(self.dependents.get(ci, ())))
+        dependents = self.dependents
+        return _pick(topology, self.tops or self.present,
+                     lambda ci: len(dependents.get(ci, ())))
 
 
 class RootCauses:
@@ -85,19 +95,23 @@ class RootCauses:
         self._topology: Topology | None = None
         self._counts: dict[int, _Counts] = {}
 
-    def of(self, topology: Topology, incident_id: int, cis: set[str]) -> str | None:
+    def of(self, topology: Topology, incident_id: int, cis: AbstractSet[str]) -> str | None:
         """The root cause of the incident whose alerting CIs are now `cis`."""
         if topology is not self._topology:  # a CMDB change: every count is stale
             self._topology = topology
             self._counts.clear()
-        counts = self._counts.setdefault(incident_id, _Counts())
+        counts = self._counts.get(incident_id)
+        if counts is None:
+            counts = self._counts[incident_id] = _Counts()
         wanted = topology.cis.keys() & cis
         gone, new = counts.present - wanted, wanted - counts.present
-        for ci in gone:
-            counts.remove(topology, ci, self._depth)
-        for ci in new:
-            counts.add(topology, ci, self._depth)
-        return counts.root(topology)
+        if gone or new or counts.last is None:
+            for ci in gone:
+                counts.remove(topology, ci, self._depth)
+            for ci in new:
+                counts.add(topology, ci, self._depth)
+            counts.last = counts.root(topology)
+        return counts.last
 
     def keep_only(self, incident_ids: Iterable[int]) -> None:
         wanted = set(incident_ids)

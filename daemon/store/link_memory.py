@@ -22,7 +22,7 @@ failed, or its commit did) leaves the next one trusting nothing kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -45,9 +45,9 @@ class LinkSummary:
     worst_rank: int | None = None  # the most severe of all its alerts, bound or not
 
     @property
-    def firing(self) -> set[str]:
-        """The CIs with an alert still firing."""
-        return set(self.firing_on)
+    def firing(self) -> KeysView[str]:
+        """The CIs with an alert still firing (a live view: do not keep it)."""
+        return self.firing_on.keys()
 
     @property
     def worst(self) -> Severity | None:

@@ -66,3 +66,6 @@ def test_a_large_incident_moves_by_few_walks() -> None:
     _walks.clear()
     assert roots.of(topology, 1, alerting - {"c0"}) == "c2997"
     assert sorted(_walks) == ["c0", "c2999"]
+    _walks.clear()
+    assert roots.of(topology, 1, alerting - {"c0"}) == "c2997"  # nothing moved: no walk
+    assert _walks == []
