@@ -112,6 +112,9 @@ incidents = sa.Table(
     # the correlator's test of an incident still active (migration 0014).
     sa.Column("last_alert_at", UTCDateTime(), nullable=True),
     sa.Index("ix_incidents_status_id", "status", "id"),
+    sa.Index("ix_incidents_last_alert_at", "last_alert_at",
+             sqlite_where=sa.text("last_alert_at IS NOT NULL"),
+             postgresql_where=sa.text("last_alert_at IS NOT NULL")),
     sa.Index("ix_incidents_root_cause_ci_alert_name", "root_cause_ci", "alert_name"),
     sa.Index("ix_incidents_group_key_status", "group_key", "status"),
 )
