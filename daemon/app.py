@@ -340,8 +340,12 @@ async def start(config: Config, *, clock: Clock | None = None, loader: Loader | 
 
 
 async def stop(components: Components) -> None:
-    components.scheduler.shutdown(wait=False)
+    # Timer jobs finish, then the scheduler stops: its shutdown cancels the jobs still
+    # running (a transaction cut mid-way, a traceback in the log for nothing).
+    components.scheduler.pause()
     await components.jobs.drain()
+    await asyncio.sleep(0)  # jobs handed out just before the pause see `closing` and end
+    components.scheduler.shutdown(wait=False)
     await components.leadership.stop()  # another replica takes the timers now
     await components.oncall.drain()
     await components.executor.stop()  # a run cut short is recorded as interrupted

@@ -125,10 +125,12 @@ class LinkMemory:
         """A batch starts (under the ingest lock): forget everything if anything but this
         writer changed links or alert states since its last commit."""
         if conn.dialect.name == "postgresql":
-            count = (await conn.execute(_BEGIN_PG)).one()[1]
+            row = (await conn.execute(_BEGIN_PG)).one_or_none()
+            count = None if row is None else row[1]
         else:
-            count = (await conn.execute(_BEGIN_SQLITE)).scalar_one()
-        if count != self._count_at_commit:
+            count = (await conn.execute(_BEGIN_SQLITE)).scalar_one_or_none()
+        # No counter row (a restore without it): nothing can be trusted, ingest goes on.
+        if count is None or count != self._count_at_commit:
             self.forget()
         # Until this batch is known to have committed: a batch that is never confirmed
         # (it failed, or its caller does not say) makes the next one read afresh.
@@ -137,10 +139,12 @@ class LinkMemory:
 
     async def end(self, conn: AsyncConnection) -> None:
         """The batch's last statement. It moves the count once, for the other replicas."""
-        count = (await conn.execute(_NEXT)).scalar_one()
+        if self._count_at_begin is None:
+            return
+        count = (await conn.execute(_NEXT)).scalar_one_or_none()
         # Moved by more than this batch's own step: someone else's change committed
         # while the batch ran, and what it read before may not show it.
-        self._count_at_end = count if count == (self._count_at_begin or 0) + 1 else None
+        self._count_at_end = count if count == self._count_at_begin + 1 else None
 
     def committed(self) -> None:
         """The batch committed: what is kept is what the database now says."""

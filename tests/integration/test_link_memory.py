@@ -155,3 +155,20 @@ async def test_an_unconfirmed_batch_leaves_nothing_trusted(store: Store,
     [incident] = await world.incidents()
     assert incident.root_cause_ci == "db-1"  # host-down never landed
     await assert_kept_is_true(world)
+
+
+async def test_without_the_counter_row_ingest_goes_on_trusting_nothing(
+        store: Store, clock: FakeClock) -> None:
+    world = World(store, clock, *GRAPH)
+    async with store.write() as conn:
+        await conn.execute(sa.delete(link_changes))
+    try:
+        await world.send(alert("db-down", "db-1"))
+        clock.advance(5)
+        await world.send(alert("app-slow", "app-a"))
+        [incident] = await world.incidents()
+        assert {a.fingerprint for a in incident.alerts} == {"db-down", "app-slow"}
+        assert world.pipeline.links.kept  # used within a batch, not trusted across them
+    finally:  # put back for the tests after (one PostgreSQL database per session)
+        async with store.write() as conn:
+            await conn.execute(sa.insert(link_changes).values(id=1, n=0, ingesting=False))
