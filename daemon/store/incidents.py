@@ -176,26 +176,26 @@ async def alerts_seen(conn: AsyncConnection, alert_ids: Collection[int], now: da
     """Alerts bound to a CI were seen at `now` (again, or resolving): their incidents
     were active then."""
     if alert_ids:
-        linked = sa.select(incident_alerts.c.incident_id).where(
-            incident_alerts.c.alert_id.in_(list(alert_ids)))
-        await conn.execute(sa.update(incidents).where(incidents.c.id.in_(linked), _BEFORE)
-                           .values(last_alert_at=sa.bindparam("now", type_=UTCDateTime())),
-                           {"now": now})
-
-
-# `last_alert_at` only moves forward (a batch's `now` may trail another writer's).
-_BEFORE = sa.or_(incidents.c.last_alert_at.is_(None),
-                 incidents.c.last_alert_at < sa.bindparam("now", type_=UTCDateTime()))
+        await _seen(conn, sa.select(incident_alerts.c.incident_id).where(
+            incident_alerts.c.alert_id.in_(list(alert_ids))), now)
 
 
 async def active_at(conn: AsyncConnection, incident_ids: Collection[int], now: datetime
                     ) -> None:
     """Alerts bound to a CI of these incidents were seen at `now`."""
     if incident_ids:
-        await conn.execute(sa.update(incidents)
-                           .where(incidents.c.id.in_(list(incident_ids)), _BEFORE)
-                           .values(last_alert_at=sa.bindparam("now", type_=UTCDateTime())),
-                           {"now": now})
+        await _seen(conn, list(incident_ids), now)
+
+
+async def _seen(conn: AsyncConnection, ids: Any, now: datetime) -> None:
+    """`last_alert_at` of the incidents `ids` (a list or a subquery) moves to `now`, only
+    forward: a batch's `now` may trail another writer's."""
+    at = sa.bindparam("now", type_=UTCDateTime())
+    await conn.execute(
+        sa.update(incidents)
+        .where(incidents.c.id.in_(ids),
+               sa.or_(incidents.c.last_alert_at.is_(None), incidents.c.last_alert_at < at))
+        .values(last_alert_at=at), {"now": now})
 
 
 async def add_timeline(

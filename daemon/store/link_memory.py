@@ -131,7 +131,7 @@ class LinkMemory:
             count = (await conn.execute(_BEGIN_SQLITE)).scalar_one_or_none()
         # No counter row (a restore without it): nothing can be trusted, ingest goes on.
         if count is None or count != self._count_at_commit:
-            self.forget()
+            self._forget()
         # Until this batch is known to have committed: a batch that is never confirmed
         # (it failed, or its caller does not say) makes the next one read afresh.
         self._count_at_commit = None
@@ -150,7 +150,7 @@ class LinkMemory:
         """The batch committed: what is kept is what the database now says."""
         self._count_at_commit = self._count_at_end
 
-    def forget(self) -> None:
+    def _forget(self) -> None:
         """Someone else changed links, or a batch was not confirmed: read afresh."""
         self._kept.clear()
         self._count_at_commit = None
