@@ -25,7 +25,8 @@ from workload import layered_graph
 from daemon.config import CorrelationConfig
 from daemon.correlation.engine import Correlator
 from daemon.correlation.topology import Topology, TopologyHolder
-from daemon.itsm.impact import impact, root_cause
+from daemon.itsm.impact import impact
+from daemon.itsm.root_cause import root_cause
 from daemon.models import Alert, AlertStatus, ConfigurationItem, Severity
 
 
@@ -113,14 +114,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             group = correlator.decide(index, ci, now)
             decisions.append(time.perf_counter() - t0)
             group.alerts.append((alert(i, ci, now), i))
-        for group in index.groups.values():  # what the ITSM layer would write
-            if group.merged_into is not None:
-                bound.pop(group.key, None)
-            elif group.alerts:
+        # What the ITSM layer would write: a group's CIs are its stored incident's,
+        # those of stored incidents merged into it, and those the plan added.
+        merged_cis: dict[int, set[str]] = {}
+        for group in index.groups.values():
+            if group.merged_into is not None and group.key in bound:
+                root = index.find(group.key)
+                merged_cis.setdefault(root, set()).update(bound.pop(group.key)[2])
+        for group in index.groups.values():
+            if group.merged_into is None and group.alerts:
                 key = group.key if group.key > 0 else next_id
                 next_id += group.key < 0
-                created = bound[key][0] if key in bound else now
-                bound[key] = (created, now, set(group.cis))
+                created, _, before = bound.get(key, (now, now, set()))
+                bound[key] = (created, now,
+                              before | group.cis | merged_cis.get(group.key, set()))
                 touched.add(key)
         for key in list(touched)[:5]:
             t0 = time.perf_counter()

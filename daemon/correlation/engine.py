@@ -16,6 +16,7 @@ components of the "related" relation, whatever order a burst arrives in.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -38,7 +39,7 @@ class Group:
     created_at: datetime
     last_activity: datetime
     group_key: str
-    cis: set[str] = field(default_factory=set)
+    cis: set[str] = field(default_factory=set)  # the CIs this plan put alerts of in it
     alerts: list[Placed] = field(default_factory=list)
     merged_into: int | None = None
 
@@ -73,13 +74,18 @@ class Correlator:
         bound = await incident_store.open_incident_cis(conn, since=since, links=links)
         keys = {self.group_key(a) for a, _ in new if a.ci_id is None}
         unbound = await incident_store.open_by_group_key(conn, keys)
-        return self.plan(new, bound=bound, unbound=unbound, now=now)
+        # `links` keeps exactly the incidents in `bound` now (open_incident_cis drops the
+        # rest and reads what it lacks), so its map of CIs to incidents is the index.
+        owners = links.owners if links.kept.keys() == bound.keys() else None
+        return self.plan(new, bound=bound, unbound=unbound, now=now, owners=owners)
 
     def plan(self, new: Sequence[Placed], *,
              bound: Mapping[int, tuple[datetime, datetime, set[str]]],
-             unbound: Mapping[str, int], now: datetime) -> CorrelationPlan:
-        """Decide for each new alert, in arrival order, against the open incidents."""
-        index = self.index(bound)
+             unbound: Mapping[str, int], now: datetime,
+             owners: Mapping[str, AbstractSet[int]] | None = None) -> CorrelationPlan:
+        """Decide for each new alert, in arrival order, against the open incidents.
+        `owners`: CI → the incidents of `bound` alerting on it, if the caller has it."""
+        index = self.index(bound, owners)
         by_label = dict(unbound)
         for alert, alert_id in new:
             if alert.ci_id is None:
@@ -94,33 +100,42 @@ class Correlator:
             target.last_activity = now
         return _plan_from(index.groups)
 
-    def index(self, bound: Mapping[int, tuple[datetime, datetime, set[str]]]) -> Index:
-        """The open incidents, indexed by their CIs and the CIs those depend on."""
-        index = Index()
-        owner = index.owner
-        for incident_id, (created, activity, cis) in bound.items():
+    def index(self, bound: Mapping[int, tuple[datetime, datetime, set[str]]],
+              owners: Mapping[str, AbstractSet[int]] | None = None) -> Index:
+        """The open incidents, indexed by their CIs (built from `bound` unless given)."""
+        if owners is None:
+            built: dict[str, set[int]] = {}
+            for incident_id, (_, _, cis) in bound.items():
+                for ci in cis:
+                    built.setdefault(ci, set()).add(incident_id)
+            owners = built
+        index = Index(stored=owners)
+        for incident_id, (created, activity, _) in bound.items():
             index.groups[incident_id] = Group(incident_id, created, activity,
-                                              f"incident:{incident_id}", set(cis))
-            for ci in cis:  # Index.note inlined: thousands of CIs per batch
-                owner.setdefault(ci, set()).add(incident_id)
+                                              f"incident:{incident_id}")
         return index
 
     def decide(self, index: Index, ci: str, now: datetime) -> Group:
         """The group a new alert on `ci` joins (merging what it connects), or a new one."""
         topology = self._topology.current
         depth = self._config.max_depth
-        owner = index.owner
-        found = set(owner.get(ci, ()))
+        owner, stored = index.owner, index.stored
+        found = set(owner.get(ci, _NONE)) | stored.get(ci, _NONE)
         for other in topology.upstream(ci, depth):
-            found |= owner.get(other, _NONE)  # it depends on one of the incident's CIs
+            # it depends on one of the incident's CIs
+            found |= owner.get(other, _NONE)
+            found |= stored.get(other, _NONE)
         for other in topology.downstream(ci, depth, limit=_DOWNSTREAM_LIMIT):
-            found |= owner.get(other, _NONE)  # one of the incident's CIs depends on it
+            # one of the incident's CIs depends on it
+            found |= owner.get(other, _NONE)
+            found |= stored.get(other, _NONE)
         if self._config.join_siblings:
             for dep in topology.dependencies(ci):
                 # a direct dependency it shares with an incident's CI, unless a hub
                 if len(topology.dependents(dep)) <= self._config.max_fanout:
                     for sibling in topology.dependents(dep):
                         found |= owner.get(sibling, _NONE)
+                        found |= stored.get(sibling, _NONE)
         related = {index.find(k) for k in found}
         if not related:
             target = index.add_group(now, f"ci:{ci}")
@@ -141,7 +156,11 @@ _DOWNSTREAM_LIMIT = 10_000
 @dataclass(slots=True)
 class Index:
     groups: dict[int, Group] = field(default_factory=dict)
-    owner: dict[str, set[int]] = field(default_factory=dict)  # CI → groups alerting on it
+    # CI → the stored open incidents alerting on it; read only (it may be kept by the
+    # caller from one batch to the next)
+    stored: Mapping[str, AbstractSet[int]] = field(default_factory=dict)
+    # CI → the groups this plan put alerts on it in
+    owner: dict[str, set[int]] = field(default_factory=dict)
     next_temp: int = -1
 
     def add_group(self, now: datetime, group_key: str) -> Group:

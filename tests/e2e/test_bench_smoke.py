@@ -74,3 +74,18 @@ def test_bench_statements_counts_every_batch() -> None:
     assert report["by_kind_per_batch"] and not any(
         kind.endswith("(?)") for kind in report["by_kind_per_batch"]), report
     assert report["calls_per_alert"] > 0
+
+
+def test_bench_correlation_runs_on_a_small_graph() -> None:
+    argv = [sys.executable, str(REPO_ROOT / "bench" / "correlation.py"), "--json",
+            "--cis", "2000", "--edges", "5000", "--alerts", "2000"]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"rc={done.returncode}\nstderr:\n{done.stderr[-4000:]}"
+    figures = json.loads(done.stdout)
+    assert figures["graph"]["cis"] == 2000
+    assert figures["decisions"]["alerts"] == 2000
+    # Incidents were opened and grew: the index and root cause were exercised.
+    assert 0 < figures["decisions"]["incidents_opened"] < 2000
+    assert figures["batch_index"]["batches"] == 40
+    assert figures["root_cause_impact"]["samples"] > 0

@@ -37,10 +37,18 @@ def _as_dict(summaries: Mapping[int, LinkSummary]) -> dict[int, tuple[object, ..
 
 
 async def assert_kept_is_true(world: World) -> int:
-    kept = dict(world.pipeline.links.kept)
+    links = world.pipeline.links
+    kept = dict(links.kept)
     async with world.store.read() as conn:
         fresh = await read_summaries(conn, kept)
     assert _as_dict(kept) == _as_dict(fresh)
+    # Correlation's index of CIs to incidents is moved with each change: it must be
+    # what the kept summaries' CIs say, with no CI left mapping to nothing.
+    owners: dict[str, set[int]] = {}
+    for incident_id, summary in kept.items():
+        for ci_id in summary.cis:
+            owners.setdefault(ci_id, set()).add(incident_id)
+    assert {c: set(ids) for c, ids in links.owners.items()} == owners
     return len(kept)
 
 
