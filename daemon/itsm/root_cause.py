@@ -9,7 +9,7 @@ are not compared (a bounded cost).
 counts behind the answer and moves them as CIs start or stop alerting, so that a
 batch adding a few alerts to an incident of thousands of CIs costs a few
 walks instead of one per CI; it gives the same answer as `root_cause` (a property
-test compares them).
+test compares them). It keeps the answer's order too, in a heap of the tops.
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 
 from daemon.correlation.topology import Topology
 
 DEPTH = 8
+
+# What `_pick` orders by: most dependents, then most critical, then the name.
+_Key = tuple[int, int, str]
 
 
 def root_cause(topology: Topology, cis: Iterable[str], depth: int = DEPTH) -> str | None:
@@ -54,6 +58,11 @@ class _Counts:
     # c → how many present CIs c depends on (0: nothing alerting above it)
     above: dict[str, int] = field(default_factory=dict)
     tops: set[str] = field(default_factory=set)  # the present CIs with nothing above
+    # The tops by `_key`, lazily: an entry is pushed whenever a CI becomes a top or a
+    # top's key changes, and dropped when found stale (no longer a top, or an old key).
+    # Why: nearly every batch moves some CI, and a `min` over ~500 tops then cost
+    # ~0.15 ms of a ~0.5 ms call (10,000 CIs, ~2,000 alerting); the heap, ~0.02 ms.
+    heap: list[_Key] = field(default_factory=list)
     last: str | None = None  # the answer, until a CI starts or stops alerting
 
     def add(self, topology: Topology, ci: str, depth: int) -> None:
@@ -67,24 +76,46 @@ class _Counts:
             self.above[below] += 1
             self.tops.discard(below)
         self.present.add(ci)
+        self._push(topology, ups)  # one more dependent each
+        self._push(topology, (ci,))
 
     def remove(self, topology: Topology, ci: str, depth: int) -> None:
         self.present.discard(ci)
         self.tops.discard(ci)
-        for up in topology.upstream(ci, depth):
+        ups = topology.upstream(ci, depth)
+        for up in ups:
             self.dependents[up].discard(ci)
+        freed: list[str] = []  # nothing above them any more: new tops
         for below in self.dependents.get(ci, ()):
             self.above[below] -= 1
             if self.above[below] == 0:
                 self.tops.add(below)
+                freed.append(below)
         del self.above[ci]
+        self._push(topology, ups)  # one dependent fewer each
+        self._push(topology, freed)
 
     def root(self, topology: Topology) -> str | None:
         if not self.present:
             return None
-        dependents = self.dependents
-        return _pick(topology, self.tops or self.present,
-                     lambda ci: len(dependents.get(ci, ())))
+        tops, heap = self.tops, self.heap
+        if len(heap) > 2 * len(tops) + 64:  # mostly stale entries: start afresh
+            heap[:] = [self._key(topology, ci) for ci in tops]
+            heapify(heap)
+        if not tops:  # every alerting CI has one above it: cycles (rare)
+            dependents = self.dependents
+            return _pick(topology, self.present, lambda ci: len(dependents.get(ci, ())))
+        while (ci := heap[0][2]) not in tops or heap[0] != self._key(topology, ci):
+            heappop(heap)
+        return ci
+
+    def _push(self, topology: Topology, cis: Iterable[str]) -> None:
+        for ci in cis:
+            if ci in self.tops:
+                heappush(self.heap, self._key(topology, ci))
+
+    def _key(self, topology: Topology, ci: str) -> _Key:
+        return (-len(self.dependents.get(ci, ())), topology.cis[ci].criticality, ci)
 
 
 class RootCauses:

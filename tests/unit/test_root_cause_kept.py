@@ -69,3 +69,50 @@ def test_a_large_incident_moves_by_few_walks() -> None:
     _walks.clear()
     assert roots.of(topology, 1, alerting - {"c0"}) == "c2997"  # nothing moved: no walk
     assert _walks == []
+
+
+def _item(name: str, *depends_on: str, criticality: int = 3) -> ConfigurationItem:
+    return ConfigurationItem(id=name, name=name, type="app", criticality=criticality,
+                             depends_on=depends_on)
+
+
+def test_the_order_of_the_tops_follows_every_move() -> None:
+    """The tops are kept in order from call to call: a top overtaken and then back ahead,
+    a top that appears when what was above it stops alerting, a top that stops alerting
+    and starts again. Each step is one call, so which CI moves when is fixed."""
+    topology = Topology.build([
+        _item("z"), _item("a", "z"), *(_item(f"a{i}", "a") for i in (1, 2, 3)),
+        _item("b"), *(_item(f"b{i}", "b") for i in (1, 2, 3)),
+    ])
+    roots = RootCauses()
+    alerting: set[str] = set()
+    for start, stop, root in [
+        ({"b", "b1"}, set(), "b"),
+        ({"z", "a"}, set(), "b"),  # z and b: one dependent each, b first by name
+        ({"a1", "a2", "a3"}, set(), "z"),  # a is under z: no top
+        (set(), {"z"}, "a"),  # a a top now, with 3 dependents
+        (set(), {"a1"}, "a"),  # 2, still ahead of b's 1
+        (set(), {"a2", "a3"}, "b"),  # 0: b ahead
+        ({"a1", "a2"}, set(), "a"),  # 2: a back ahead
+        (set(), {"b"}, "a"),  # b1 a top, with nothing under it
+        ({"b2", "b3"}, set(), "a"),
+        ({"b"}, set(), "b"),  # b back, with 3 dependents
+        (set(), {"b"}, "a"),  # and gone again: its dependents count stays 3
+    ]:
+        alerting = (alerting | start) - stop
+        assert roots.of(topology, 1, alerting) == root_cause(topology, alerting) == root
+
+
+def test_the_kept_order_takes_bounded_memory() -> None:
+    """Many moves leave behind outdated entries in the order of the tops; they are
+    dropped, not piled up."""
+    star = Topology.build([_item("hub"), *(_item(f"leaf{i}", "hub") for i in range(40))])
+    roots = RootCauses()
+    alerting = {"hub"}
+    for step in range(2000):
+        alerting ^= {f"leaf{step % 40}"}
+        if step % 7 == 0:  # the hub stops or starts alerting: the leaves are tops or not
+            alerting ^= {"hub"}
+        assert roots.of(star, 1, alerting) == root_cause(star, alerting)
+        counts = roots._counts[1]
+        assert len(counts.heap) <= 2 * len(counts.tops) + 64
