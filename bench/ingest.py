@@ -65,6 +65,7 @@ class Settings:
     quick: bool
     daemon_src: str | None  # run the daemon from this directory instead of the installed one
     py_spy: str | None  # profile the daemon's closed-loop runs into this directory
+    analyze: bool  # PostgreSQL: ANALYZE after the warm-up, as autovacuum would have by then
 
 
 def note(text: str) -> None:
@@ -216,7 +217,7 @@ def scenario_session(report: Report, settings: Settings, *, target: str, scenari
     label = f"{target}-{scenario}"
     note(f"[{label}] starting")
     with server_for(target, port=port, workdir=workdir, cmdb_path=cmdb_path, label=label,
-                    source=_source(settings)) as (server, _):
+                    source=_source(settings)) as (server, database):
         # The client processes start (and import) while the server does.
         session = Session(target=target, scenario=scenario, server=server, cmdb_path=cmdb_path,
                           clients=settings.clients, seed=seed)
@@ -224,6 +225,8 @@ def scenario_session(report: Report, settings: Settings, *, target: str, scenari
             server.start()
             before = servers.alerts_received(server.base_url) if target != "baseline" else 0.0
             warm_up(session, settings)
+            if target == "postgresql" and settings.analyze and database is not None:
+                servers.analyze(database)
             closed = [closed_run(session, settings, c) for c in settings.concurrencies]
             report.runs += closed
             if settings.half_rate and target != "baseline":
@@ -412,6 +415,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
     parser.add_argument("--py-spy", default=None, metavar="DIR",
                         help="profile the daemon during each closed-loop and memory run with "
                              "py-spy (not a dependency: pip install py-spy); stacks to DIR")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="PostgreSQL: measure on a database never analysed (by default "
+                             "the bench runs ANALYZE after the warm-up, as autovacuum does "
+                             "within a minute on a daemon that has been running)")
     parser.add_argument("--daemon-src", default=None, metavar="DIR",
                         help="run the daemon from DIR (e.g. `git archive` of a commit, "
                              "unpacked) instead of the installed package")
@@ -433,7 +440,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
         rss_modes=("spread", "correlated") if args.rss_mode == "both" else (args.rss_mode,),
         load_seconds=args.load_timeout or (60.0 if quick else 600.0),
         clients=max(1, args.clients), half_rate=not args.no_half_rate, quick=quick,
-        daemon_src=args.daemon_src, py_spy=args.py_spy,
+        daemon_src=args.daemon_src, py_spy=args.py_spy, analyze=not args.no_analyze,
     ), bool(args.json))
 
 

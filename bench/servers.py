@@ -241,6 +241,23 @@ def _pg_admin(sql: str) -> None:
         raise BenchError(f"PostgreSQL at {PG_ADMIN_DSN}: {err}") from None
 
 
+def analyze(database_url: str) -> None:
+    """ANALYZE a PostgreSQL database: the statistics autovacuum gathers within a minute
+    of a table growing, which a database created for a 10-second run lacks (its plans
+    then guess: e.g. one read 3.7 ms before, 0.4 ms after)."""
+    import asyncpg
+
+    async def run() -> None:
+        dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def count_firing(database_url: str) -> int:
     """Firing alerts in the store, read straight from the database."""
     sql = "SELECT count(*) FROM alerts WHERE status = 'firing'"

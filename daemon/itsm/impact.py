@@ -96,7 +96,7 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
     # for the alerts just linked (and a root-cause link, were there a stray one).
     settled = {i for i, root in roots.items()
                if root == before[i].root_cause_ci and i not in merged_into}
-    await store.set_roles(conn, roots, settled=settled, added_at=now)
+    await store.set_roles(conn, list(roots), settled=settled, added_at=now)
     await store.add_timeline(conn, entries)
     return raised
 

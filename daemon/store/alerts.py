@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.models import Alert, AlertStatus, Link, Severity
 from daemon.store import incidents as incident_store
+from daemon.store.in_lists import padded
 from daemon.store.tables import UTCDateTime, alerts, incident_alerts
 
 FIRING = sa.text("status = 'firing'")
@@ -25,7 +26,8 @@ def identities(keys: Iterable[tuple[str, str]]) -> sa.ColumnElement[bool]:
     by_source: dict[str, list[str]] = {}
     for source, fingerprint in keys:
         by_source.setdefault(source, []).append(fingerprint)
-    return sa.or_(*(sa.and_(alerts.c.source == source, alerts.c.fingerprint.in_(fingerprints))
+    return sa.or_(*(sa.and_(alerts.c.source == source,
+                            alerts.c.fingerprint.in_(padded(fingerprints)))
                     for source, fingerprints in sorted(by_source.items())))
 
 
@@ -193,7 +195,7 @@ async def incident_ids_of(
         return {}
     result = await conn.execute(
         sa.select(incident_alerts.c.alert_id, incident_alerts.c.incident_id).where(
-            incident_alerts.c.alert_id.in_(alert_ids)
+            incident_alerts.c.alert_id.in_(padded(alert_ids))
         )
     )
     out: dict[int, list[int]] = {}
@@ -243,7 +245,7 @@ async def earlier_firings(
         return EarlierFirings({})
     result = await conn.execute(
         _EARLIER.where(identities((a.source, a.fingerprint) for a, _ in new)),
-        {"since": since, "ids": [i for _, i in new]})
+        {"since": since, "ids": padded(i for _, i in new)})
     out: dict[tuple[str, str], list[tuple[int, datetime]]] = {}
     for r in result:
         out.setdefault((r.source, r.fingerprint), []).append((r.id, r.first_seen))
@@ -253,7 +255,7 @@ async def earlier_firings(
 async def mark_flapping(conn: AsyncConnection, alert_ids: Sequence[int]) -> None:
     if alert_ids:
         await conn.execute(
-            sa.update(alerts).where(alerts.c.id.in_(alert_ids)).values(flapping=True)
+            sa.update(alerts).where(alerts.c.id.in_(padded(alert_ids))).values(flapping=True)
         )
 
 

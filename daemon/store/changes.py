@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.models import AlertStatus, ChangeRecord
+from daemon.store.in_lists import padded
 from daemon.store.tables import (
     alerts,
     change_alerts,
@@ -139,7 +140,7 @@ async def releasable(conn: AsyncConnection, *, active_ids: Sequence[int], limit:
     )
     if active_ids:
         still = sa.exists().where(change_alerts.c.alert_id == alerts.c.id,
-                                  change_alerts.c.change_id.in_(list(active_ids)))
+                                  change_alerts.c.change_id.in_(padded(active_ids)))
         query = query.where(~still)
     return list(await conn.execute(query))
 
@@ -151,7 +152,7 @@ async def opened_at(conn: AsyncConnection, incident_ids: Sequence[int]
         return {}
     result = await conn.execute(
         sa.select(incidents.c.id, incidents.c.created_at, incidents.c.root_cause_ci)
-        .where(incidents.c.id.in_(list(set(incident_ids))))
+        .where(incidents.c.id.in_(padded(set(incident_ids))))
     )
     return {r.id: (r.created_at, r.root_cause_ci) for r in result}
 
@@ -163,7 +164,7 @@ async def alert_cis(conn: AsyncConnection, incident_ids: Sequence[int]) -> dict[
     result = await conn.execute(
         sa.select(incident_alerts.c.incident_id, alerts.c.ci_id)
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(incident_alerts.c.incident_id.in_(list(set(incident_ids))),
+        .where(incident_alerts.c.incident_id.in_(padded(set(incident_ids))),
                alerts.c.ci_id.is_not(None))
         .distinct()
     )
@@ -206,7 +207,7 @@ async def suspected_links(conn: AsyncConnection, incident_ids: Sequence[int]
         return set()
     result = await conn.execute(
         sa.select(change_incidents.c.change_id, change_incidents.c.incident_id)
-        .where(change_incidents.c.incident_id.in_(list(set(incident_ids))))
+        .where(change_incidents.c.incident_id.in_(padded(set(incident_ids))))
     )
     return {(r.change_id, r.incident_id) for r in result}
 
@@ -218,7 +219,7 @@ async def suspects_of(conn: AsyncConnection, incident_ids: Sequence[int]) -> lis
     result = await conn.execute(
         sa.select(changes, change_incidents.c.incident_id)
         .join(change_incidents, change_incidents.c.change_id == changes.c.id)
-        .where(change_incidents.c.incident_id.in_(list(set(incident_ids))))
+        .where(change_incidents.c.incident_id.in_(padded(set(incident_ids))))
         .order_by(changes.c.occurred_at.desc(), changes.c.id.desc())
     )
     return list(result.all())

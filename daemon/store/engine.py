@@ -78,9 +78,13 @@ class Store:
             # A disconnect seen mid-query invalidates the whole pool (SQLAlchemy does
             # that on every disconnect error), so recovery after an outage is one
             # fresh connect per checkout, not one failed request per stale connection.
+            # A statement text not in the prepared-statement cache costs a round trip
+            # to prepare it: the ingest's ~30 statements, each in a few padded lengths
+            # (`in_lists`), outgrow asyncpg's default of 100.
             engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}, **common
+                connect_args={"timeout": CONNECT_TIMEOUT_SECONDS,
+                              "prepared_statement_cache_size": 500}, **common
             )
             return cls(engine, engine)
         if parsed.database and parsed.database != ":memory:":

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.models import IncidentStatus, Priority
+from daemon.store.in_lists import padded
 from daemon.store.tables import escalations, incidents
 
 
@@ -73,7 +74,7 @@ async def subjects(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict[i
     ids = sorted(set(incident_ids))
     if not ids:
         return {}
-    result = await conn.execute(sa.select(*_SUBJECT_COLUMNS).where(incidents.c.id.in_(ids)))
+    result = await conn.execute(sa.select(*_SUBJECT_COLUMNS).where(incidents.c.id.in_(padded(ids))))
     return subjects_of(result)
 
 
@@ -89,7 +90,7 @@ async def ladders(conn: AsyncConnection, incident_ids: Iterable[int], *, lock: b
     ids = sorted(set(incident_ids))
     if not ids:
         return {}
-    query = (sa.select(escalations).where(escalations.c.incident_id.in_(ids))
+    query = (sa.select(escalations).where(escalations.c.incident_id.in_(padded(ids)))
              .order_by(escalations.c.incident_id))  # one lock order: no deadlocks
     if lock:
         query = query.with_for_update()

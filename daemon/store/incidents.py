@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +26,7 @@ from daemon.models import (
     TimelineEntry,
     TimelineKind,
 )
+from daemon.store.in_lists import padded
 from daemon.store.link_memory import LinkMemory
 from daemon.store.tables import (
     UTCDateTime,
@@ -133,7 +134,7 @@ async def open_by_group_key(conn: AsyncConnection, keys: Iterable[str]) -> dict[
         return {}
     result = await conn.execute(
         sa.select(incidents.c.id, incidents.c.group_key)
-        .where(incidents.c.group_key.in_(keys), incidents.c.status.in_(_OPEN))
+        .where(incidents.c.group_key.in_(padded(keys)), incidents.c.status.in_(_OPEN))
         .order_by(incidents.c.id)
     )
     return {r.group_key: r.id for r in result}
@@ -177,14 +178,14 @@ async def alerts_seen(conn: AsyncConnection, alert_ids: Collection[int], now: da
     were active then."""
     if alert_ids:
         await _seen(conn, sa.select(incident_alerts.c.incident_id).where(
-            incident_alerts.c.alert_id.in_(list(alert_ids))), now)
+            incident_alerts.c.alert_id.in_(padded(alert_ids))), now)
 
 
 async def active_at(conn: AsyncConnection, incident_ids: Collection[int], now: datetime
                     ) -> None:
     """Alerts bound to a CI of these incidents were seen at `now`."""
     if incident_ids:
-        await _seen(conn, list(incident_ids), now)
+        await _seen(conn, padded(incident_ids), now)
 
 
 async def _seen(conn: AsyncConnection, ids: Any, now: datetime) -> None:
@@ -219,7 +220,7 @@ async def open_without_firing_alerts(
     ids = list(set(incident_ids))
     if not ids:
         return []
-    return list((await conn.execute(_OPEN_WITHOUT_FIRING, {"ids": ids})).scalars())
+    return list((await conn.execute(_OPEN_WITHOUT_FIRING, {"ids": padded(ids)})).scalars())
 
 
 # NOT EXISTS, correlated: per incident, its links are looked up by index and the search
@@ -248,7 +249,7 @@ async def transition(
         return []
     query = (
         sa.update(incidents)
-        .where(incidents.c.id.in_(incident_ids),
+        .where(incidents.c.id.in_(padded(incident_ids)),
                incidents.c.status.in_([s.value for s in allowed_from]))
         .values(status=to.value, **values)
         .returning(*_STATE_COLUMNS[conn.dialect.name])
@@ -279,7 +280,7 @@ async def rows_by_id(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict
     if not ids:
         return {}
     result = await conn.execute(sa.select(*_ROW_COLUMNS[conn.dialect.name])
-                                .where(incidents.c.id.in_(ids)))
+                                .where(incidents.c.id.in_(padded(ids))))
     return {r.id: r for r in result}
 
 
@@ -295,7 +296,7 @@ async def get_states(conn: AsyncConnection, incident_ids: Iterable[int]
     if not ids:
         return {}
     result = await conn.execute(sa.select(*_STATE_COLUMNS[conn.dialect.name])
-                                .where(incidents.c.id.in_(ids)))
+                                .where(incidents.c.id.in_(padded(ids))))
     return {r.id: _state(r) for r in result}
 
 
@@ -348,7 +349,7 @@ async def _alerts_of(
     result = await conn.execute(
         sa.select(alerts, incident_alerts.c.incident_id, incident_alerts.c.role)
         .join(incident_alerts, incident_alerts.c.alert_id == alerts.c.id)
-        .where(incident_alerts.c.incident_id.in_(incident_ids))
+        .where(incident_alerts.c.incident_id.in_(padded(incident_ids)))
         .order_by(alerts.c.id)
     )
     out: dict[int, list[IncidentAlert]] = {}
@@ -494,7 +495,7 @@ async def label_values(conn: AsyncConnection, incident_ids: Iterable[int],
     result = await conn.execute(
         sa.select(incident_alerts.c.incident_id, *values).distinct()
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(incident_alerts.c.incident_id.in_(ids))
+        .where(incident_alerts.c.incident_id.in_(padded(ids)))
     )
     out: dict[int, list[dict[str, str]]] = {}
     for incident_id, *found in result:
@@ -520,7 +521,7 @@ async def assessed(conn: AsyncConnection, incident_ids: Iterable[int]) -> dict[i
         sa.select(incidents.c.id, incidents.c.root_cause_ci, incidents.c.severity,
                   incidents.c.priority, incidents.c.priority_manual, incidents.c.impact,
                   incidents.c.urgency)
-        .where(incidents.c.id.in_(list(set(incident_ids))))
+        .where(incidents.c.id.in_(padded(set(incident_ids))))
     )
     return {r.id: Assessed(r.root_cause_ci, Severity(r.severity),
                            Priority(r.priority) if r.priority else None, r.priority_manual,
@@ -541,41 +542,43 @@ async def set_impact(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> N
         )
 
 
-async def set_roles(conn: AsyncConnection, roots: Mapping[int, str | None], *,
+async def set_roles(conn: AsyncConnection, incident_ids: Collection[int], *,
                     settled: Collection[int] = (), added_at: datetime | None = None) -> int:
     """Give the alerts of each incident their role from their CI and the incident's
-    root-cause CI (incident id → root). Writes only the links whose role changes;
-    returns how many.
+    stored root-cause CI (`set_impact` writes it first). Writes only the links whose
+    role changes; returns how many.
 
     `settled`: incidents whose root did not change and that took no links from another
     incident. A role depends only on the alert's CI, which never changes, and the root,
     so of their links only those added at `added_at` (linked with a first guess) can be
     wrong: only those are looked at (an index seek), a big incident's others not at all.
     One statement for the settled incidents, one for the others."""
-    unsettled = [i for i in roots if i not in settled]
-    settled_ids = [i for i in roots if i in settled] if added_at is not None else []
+    unsettled = [i for i in incident_ids if i not in settled]
+    settled_ids = [i for i in incident_ids if i in settled] if added_at is not None else []
     if not unsettled and not settled_ids:
         return 0
-    ci = alerts.c.ci_id
-    known = {i: root for i, root in roots.items() if root is not None}
-    root = sa.case(known, value=incident_alerts.c.incident_id) if known else sa.null()
+    ci, root = alerts.c.ci_id, incidents.c.root_cause_ci
     # A bound alert whose CI is not the root (or with no root) is a symptom: `ci == NULL`
     # is not true.
     role = sa.case((ci.is_(None), Role.UNBOUND.value), (ci == root, Role.ROOT_CAUSE.value),
                    else_=Role.SYMPTOM.value)
-    # UPDATE … FROM alerts (SQLite ≥ 3.33, PostgreSQL): one lookup of the alert per link,
-    # where a subquery for its CI was run once per mention (four).
+    # UPDATE … FROM alerts, incidents (SQLite ≥ 3.33, PostgreSQL): one lookup of the
+    # alert per link, where a subquery for its CI was run once per mention (four); the
+    # root read from the incident, so the text is the same whatever the incidents.
     update = (sa.update(incident_alerts)
               .where(alerts.c.id == incident_alerts.c.alert_id,
+                     incidents.c.id == incident_alerts.c.incident_id,
                      incident_alerts.c.role.is_distinct_from(role))
               .values(role=role))
     written = 0
     if unsettled:
-        result = await conn.execute(update.where(incident_alerts.c.incident_id.in_(unsettled)))
+        result = await conn.execute(
+            update.where(incident_alerts.c.incident_id.in_(padded(unsettled))))
         written += result.rowcount
     if settled_ids:
-        result = await conn.execute(update.where(incident_alerts.c.incident_id.in_(settled_ids),
-                                                 incident_alerts.c.added_at == added_at))
+        result = await conn.execute(
+            update.where(incident_alerts.c.incident_id.in_(padded(settled_ids)),
+                         incident_alerts.c.added_at == added_at))
         written += result.rowcount
     return written
 

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.models import Alert, AlertStatus, Severity
+from daemon.store.in_lists import padded
 from daemon.store.tables import alerts, incident_alerts, link_changes
 
 _BY_RANK = {s.rank: s for s in Severity}
@@ -98,7 +99,8 @@ async def read_summaries(conn: AsyncConnection, incident_ids: Iterable[int]
     out = {i: LinkSummary() for i in ids}
     if not ids:
         return out
-    for incident_id, ci_id, firing, rank in (await conn.execute(_SUMMARIES, {"ids": ids})).all():
+    rows = (await conn.execute(_SUMMARIES, {"ids": padded(ids)})).all()
+    for incident_id, ci_id, firing, rank in rows:
         summary = out[incident_id]
         if ci_id is not None:
             summary.cis.add(ci_id)

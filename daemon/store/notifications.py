@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from daemon.store.in_lists import padded
 from daemon.store.tables import (
     escalations,
     incident_alerts,
@@ -110,7 +111,7 @@ async def timeline_at(conn: AsyncConnection, incident_ids: Iterable[int], at: da
         return []
     result = await conn.execute(
         sa.select(timeline)
-        .where(timeline.c.incident_id.in_(ids), timeline.c.at == at,
+        .where(timeline.c.incident_id.in_(padded(ids)), timeline.c.at == at,
                timeline.c.kind.in_(list(kinds)))
         .order_by(timeline.c.id)
     )
@@ -132,7 +133,7 @@ async def incident_rows(conn: AsyncConnection, incident_ids: Iterable[int]) -> d
                   escalations.c.level.label("escalation_level"))
         .select_from(incidents.outerjoin(escalations,
                                          escalations.c.incident_id == incidents.c.id))
-        .where(incidents.c.id.in_(ids))
+        .where(incidents.c.id.in_(padded(ids)))
     )
     return {r.id: r for r in result}
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.models import OPEN_STATUSES
+from daemon.store.in_lists import padded
 from daemon.store.tables import incidents, problem_incidents, problems
 
 # What recurring incidents share: (root-cause CI, alert name).
@@ -86,7 +87,7 @@ async def unlinked_candidates(conn: AsyncConnection, incident_ids: Iterable[int]
         return []
     result = await conn.execute(
         sa.select(incidents.c.id, incidents.c.root_cause_ci, incidents.c.alert_name)
-        .where(incidents.c.id.in_(ids), incidents.c.merged_into.is_(None),
+        .where(incidents.c.id.in_(padded(ids)), incidents.c.merged_into.is_(None),
                incidents.c.root_cause_ci.is_not(None), incidents.c.alert_name.is_not(None),
                ~_linked())
         .order_by(incidents.c.id)
@@ -105,7 +106,7 @@ async def unlinked_candidates_of(conn: AsyncConnection, rows: Iterable[Any]
         return []
     result = await conn.execute(
         sa.select(problem_incidents.c.incident_id).distinct()
-        .where(problem_incidents.c.incident_id.in_([i for i, _ in maybe])))
+        .where(problem_incidents.c.incident_id.in_(padded([i for i, _ in maybe]))))
     linked = {r.incident_id for r in result}
     return [Candidate(i, key) for i, key in maybe if i not in linked]
 
@@ -140,8 +141,8 @@ async def recurrences(conn: AsyncConnection, keys: Iterable[Key], *, since: date
     # portable across every SQLite build.
     result = await conn.execute(
         sa.select(incidents.c.id, incidents.c.root_cause_ci, incidents.c.alert_name)
-        .where(incidents.c.root_cause_ci.in_(sorted({ci for ci, _ in wanted})),
-               incidents.c.alert_name.in_(sorted({name for _, name in wanted})),
+        .where(incidents.c.root_cause_ci.in_(padded(sorted({ci for ci, _ in wanted}))),
+               incidents.c.alert_name.in_(padded(sorted({name for _, name in wanted}))),
                incidents.c.merged_into.is_(None),
                incidents.c.created_at >= since, incidents.c.created_at <= until,
                ~_linked())
@@ -164,8 +165,8 @@ async def active_by_key(conn: AsyncConnection, keys: Iterable[Key]) -> dict[Key,
     result = await conn.execute(
         sa.select(problems)
         .where(problems.c.status.in_(ACTIVE),
-               problems.c.root_cause_ci.in_(sorted({ci for ci, _ in wanted})),
-               problems.c.alert_name.in_(sorted({name for _, name in wanted})))
+               problems.c.root_cause_ci.in_(padded(sorted({ci for ci, _ in wanted}))),
+               problems.c.alert_name.in_(padded(sorted({name for _, name in wanted}))))
         .order_by(problems.c.id.desc())
     )
     out: dict[Key, Problem] = {}
@@ -208,7 +209,7 @@ async def of_incidents(conn: AsyncConnection, incident_ids: Sequence[int]
     result = await conn.execute(
         sa.select(problems, problem_incidents.c.incident_id)
         .join(problem_incidents, problem_incidents.c.problem_id == problems.c.id)
-        .where(problem_incidents.c.incident_id.in_(list(set(incident_ids))))
+        .where(problem_incidents.c.incident_id.in_(padded(set(incident_ids))))
         .order_by(problem_incidents.c.linked_at, problems.c.id)
     )
     out: dict[int, list[Problem]] = {}
@@ -270,7 +271,7 @@ async def existing_incidents(conn: AsyncConnection, incident_ids: Iterable[int])
     ids = list(set(incident_ids))
     if not ids:
         return set()
-    result = await conn.execute(sa.select(incidents.c.id).where(incidents.c.id.in_(ids)))
+    result = await conn.execute(sa.select(incidents.c.id).where(incidents.c.id.in_(padded(ids))))
     return {r.id for r in result}
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.clock import timestamp
 from daemon.models import AlertStatus
+from daemon.store.in_lists import padded
 from daemon.store.tables import alerts, incident_alerts, incidents, runbook_runs, runbook_state
 
 # The row of `runbook_state` that is the global kill switch.
@@ -203,7 +204,7 @@ async def move(conn: AsyncConnection, run_ids: Sequence[int], *, allowed_from: S
         values.setdefault("finished_at", now)
     result = await conn.execute(
         sa.update(runbook_runs)
-        .where(runbook_runs.c.id.in_(list(run_ids)),
+        .where(runbook_runs.c.id.in_(padded(run_ids)),
                runbook_runs.c.status.in_(list(allowed_from)))
         .values(status=to, updated_at=now, **values)
         .returning(*runbook_runs.c)
@@ -310,7 +311,7 @@ async def linked_at(conn: AsyncConnection, incident_ids: Sequence[int], now: dat
     result = await conn.execute(
         sa.select(incident_alerts.c.incident_id.label("link_incident_id"), alerts)
         .join(alerts, alerts.c.id == incident_alerts.c.alert_id)
-        .where(incident_alerts.c.incident_id.in_(list(incident_ids)),
+        .where(incident_alerts.c.incident_id.in_(padded(incident_ids)),
                incident_alerts.c.added_at == now)
         .order_by(incident_alerts.c.incident_id, alerts.c.id))
     firing = AlertStatus.FIRING.value
@@ -321,7 +322,7 @@ async def incident_rows(conn: AsyncConnection, incident_ids: Sequence[int]) -> d
     if not incident_ids:
         return {}
     result = await conn.execute(
-        sa.select(incidents).where(incidents.c.id.in_(list(incident_ids))))
+        sa.select(incidents).where(incidents.c.id.in_(padded(incident_ids))))
     return {r.id: r for r in result}
 
 
@@ -355,7 +356,7 @@ async def running_fixes(conn: AsyncConnection, incident_ids: Sequence[int]) -> d
         return {}
     result = await conn.execute(
         sa.select(runbook_runs.c.incident_id, runbook_runs.c.runbook)
-        .where(runbook_runs.c.incident_id.in_(list(incident_ids)),
+        .where(runbook_runs.c.incident_id.in_(padded(incident_ids)),
                runbook_runs.c.status == "running", runbook_runs.c.dry_run.is_(False))
         .order_by(runbook_runs.c.id))
     return {r.incident_id: r.runbook for r in result}

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from daemon.store.in_lists import padded
 from daemon.store.tables import incidents, sla_clocks
 
 
@@ -68,7 +69,7 @@ async def incident_facts(conn: AsyncConnection, incident_ids: Iterable[int]
         sa.select(incidents.c.id, incidents.c.status, incidents.c.priority,
                   incidents.c.created_at, incidents.c.acknowledged_at,
                   incidents.c.resolved_at, incidents.c.merged_into)
-        .where(incidents.c.id.in_(ids))
+        .where(incidents.c.id.in_(padded(ids)))
     )
     return facts_of(result)
 
@@ -93,7 +94,7 @@ async def clocks_of(conn: AsyncConnection, incident_ids: Iterable[int], *, lock:
     ids = sorted(set(incident_ids))
     if not ids:
         return []
-    query = (sa.select(sla_clocks).where(sla_clocks.c.incident_id.in_(ids))
+    query = (sa.select(sla_clocks).where(sla_clocks.c.incident_id.in_(padded(ids)))
              .order_by(sla_clocks.c.incident_id, sla_clocks.c.clock))  # one lock order
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()

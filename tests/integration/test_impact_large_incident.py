@@ -16,6 +16,7 @@ from daemon.models import Alert, Incident, Priority, Severity, TimelineKind
 from daemon.store import Store
 from daemon.store import incidents as incident_store
 from daemon.store.link_memory import LinkMemory
+from daemon.store.tables import incidents
 from tests.conftest import FakeClock
 from tests.integration.test_correlation_scenarios import World, alert, ci
 
@@ -42,7 +43,9 @@ def roles(incident: Incident) -> Counter[tuple[str, str]]:
 
 async def set_roles(store: Store, incident_id: int, root: str | None) -> int:
     async with store.write() as conn:
-        return await incident_store.set_roles(conn, {incident_id: root})
+        await conn.execute(sa.update(incidents).where(incidents.c.id == incident_id)
+                           .values(root_cause_ci=root))
+        return await incident_store.set_roles(conn, [incident_id])
 
 
 async def test_root_cause_moves_in_a_large_incident(store: Store, clock: FakeClock) -> None:
