@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -52,8 +53,8 @@ class ResolvedAlert:
     incident_ids: tuple[int, ...]
 
 
-def _upsert(insert: Any) -> Any:
-    stmt = insert(alerts)
+def _on_conflict(stmt: Any) -> Any:
+    """A repeat of a firing alert: one more occurrence, its latest text and times."""
     return stmt.on_conflict_do_update(
         index_elements=[alerts.c.source, alerts.c.fingerprint],
         index_where=FIRING,
@@ -70,8 +71,36 @@ def _upsert(insert: Any) -> Any:
     ).returning(alerts.c.id, alerts.c.source, alerts.c.fingerprint, alerts.c.occurrences)
 
 
+# The columns an alert brings, as PostgreSQL arrays of these element types (JSON as text).
+_ARRAYS: dict[str, Any] = {
+    "source": sa.Text(), "integration": sa.Text(), "fingerprint": sa.Text(),
+    "severity": sa.Text(), "summary": sa.Text(), "labels": sa.Text(),
+    "annotations": sa.Text(), "starts_at": sa.DateTime(timezone=True),
+    "ends_at": sa.DateTime(timezone=True), "generator_url": sa.Text(), "group_key": sa.Text(),
+    "ci_id": sa.Text(), "links": sa.Text(), "details": sa.Text(),
+}
+_JSON_COLUMNS = frozenset({"labels", "annotations", "links", "details"})
+
+
+def _pg_upsert() -> Any:
+    """PostgreSQL: the batch as one array per column, unnested. Its text is the same
+    whatever the batch's size, so it is prepared once; with a VALUES row per alert each
+    new row count was a new text, which PostgreSQL took 20 to 40 ms to prepare for 800
+    alerts (measured), and SQLAlchemy bound every row's 18 values one by one."""
+    given = sa.func.unnest(*(sa.bindparam(name, type_=postgresql.ARRAY(element))
+                             for name, element in _ARRAYS.items())
+                           ).table_valued(*_ARRAYS).render_derived()
+    now = sa.bindparam("now", type_=UTCDateTime())
+    values = {name: sa.cast(given.c[name], postgresql.JSON) if name in _JSON_COLUMNS
+              else given.c[name] for name in _ARRAYS}
+    values |= {"status": sa.literal(AlertStatus.FIRING.value), "occurrences": sa.literal(1),
+               "first_seen": now, "last_seen": now}
+    rows = sa.select(*values.values())
+    return _on_conflict(postgresql.insert(alerts).from_select(list(values), rows))
+
+
 # Built once: a statement built per call costs its cache key every time.
-_UPSERT = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
+_UPSERT = {"postgresql": _pg_upsert(), "sqlite": _on_conflict(sqlite.insert(alerts))}
 
 
 async def upsert_firing(
@@ -84,9 +113,40 @@ async def upsert_firing(
     """
     if not batch:
         return []
-    rows = [_row(a, now) for a in batch]
-    result = await conn.execute(_UPSERT[conn.dialect.name], rows)
+    dialect = conn.dialect.name
+    params: Any = _arrays(batch, now) if dialect == "postgresql" else [_row(a, now) for a in batch]
+    result = await conn.execute(_UPSERT[dialect], params)
     return [UpsertedAlert(r.id, r.source, r.fingerprint, r.occurrences) for r in result]
+
+
+def _arrays(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
+    dumps = orjson.dumps
+    return {
+        "source": [a.source for a in batch],
+        "integration": [a.integration for a in batch],
+        "fingerprint": [a.fingerprint for a in batch],
+        "severity": [a.severity.value for a in batch],
+        "summary": [a.summary for a in batch],
+        "labels": [dumps(a.labels).decode() for a in batch],
+        "annotations": [dumps(a.annotations).decode() for a in batch],
+        "starts_at": _aware([a.starts_at for a in batch]),
+        "ends_at": _aware([a.ends_at for a in batch]),
+        "generator_url": [a.generator_url for a in batch],
+        "group_key": [a.group_key for a in batch],
+        "ci_id": [a.ci_id for a in batch],
+        "links": [dumps([{"href": k.href, "text": k.text} for k in a.links]).decode()
+                  for a in batch],
+        "details": [dumps(a.details).decode() for a in batch],
+        "now": now,
+    }
+
+
+def _aware(times: list[datetime | None]) -> list[datetime | None]:
+    """As `UTCDateTime` does for a single value: PostgreSQL would take a naive time as
+    its session's zone, silently."""
+    if any(t is not None and t.tzinfo is None for t in times):
+        raise ValueError("naive datetime given to the store; use aware UTC datetimes")
+    return times
 
 
 def _row(alert: Alert, now: datetime) -> dict[str, Any]:
