@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -99,8 +99,23 @@ def _pg_upsert() -> Any:
     return _on_conflict(postgresql.insert(alerts).from_select(list(values), rows))
 
 
+def _sqlite_upsert() -> Any:
+    """SQLite: the batch as one JSON array, read with `json_each`: one text at any batch
+    size (SQLite prepares a VALUES row per alert anew for each row count), and the
+    values are taken apart by SQLite, not bound one by one by SQLAlchemy."""
+    each = sa.func.json_each(sa.bindparam("batch", type_=sa.Text())).table_valued("value")
+    now = sa.bindparam("now", type_=UTCDateTime())
+    values: dict[str, Any] = {name: sa.func.json_extract(each.c.value, f"$.{name}")
+                              for name in _ARRAYS}
+    values |= {"status": sa.literal(AlertStatus.FIRING.value), "occurrences": sa.literal(1),
+               "first_seen": now, "last_seen": now}
+    # `WHERE true`: SQLite reads INSERT … SELECT … ON CONFLICT as a join without it.
+    rows = sa.select(*values.values()).where(sa.true())
+    return _on_conflict(sqlite.insert(alerts).from_select(list(values), rows))
+
+
 # Built once: a statement built per call costs its cache key every time.
-_UPSERT = {"postgresql": _pg_upsert(), "sqlite": _on_conflict(sqlite.insert(alerts))}
+_UPSERT = {"postgresql": _pg_upsert(), "sqlite": _sqlite_upsert()}
 
 
 async def upsert_firing(
@@ -114,7 +129,7 @@ async def upsert_firing(
     if not batch:
         return []
     dialect = conn.dialect.name
-    params: Any = _arrays(batch, now) if dialect == "postgresql" else [_row(a, now) for a in batch]
+    params = _arrays(batch, now) if dialect == "postgresql" else _json_batch(batch, now)
     result = await conn.execute(_UPSERT[dialect], params)
     return [UpsertedAlert(r.id, r.source, r.fingerprint, r.occurrences) for r in result]
 
@@ -149,27 +164,32 @@ def _aware(times: list[datetime | None]) -> list[datetime | None]:
     return times
 
 
-def _row(alert: Alert, now: datetime) -> dict[str, Any]:
-    return {
-        "source": alert.source,
-        "integration": alert.integration,
-        "fingerprint": alert.fingerprint,
-        "status": AlertStatus.FIRING.value,
-        "severity": alert.severity.value,
-        "summary": alert.summary,
-        "labels": alert.labels,
-        "annotations": alert.annotations,
-        "starts_at": alert.starts_at,
-        "ends_at": alert.ends_at,
-        "generator_url": alert.generator_url,
-        "group_key": alert.group_key,
-        "ci_id": alert.ci_id,
-        "links": [{"href": link.href, "text": link.text} for link in alert.links],
-        "details": alert.details,
-        "occurrences": 1,
-        "first_seen": now,
-        "last_seen": now,
-    }
+def _json_batch(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
+    rows = [{
+        "source": a.source,
+        "integration": a.integration,
+        "fingerprint": a.fingerprint,
+        "severity": a.severity.value,
+        "summary": a.summary,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "starts_at": _sqlite_time(a.starts_at),
+        "ends_at": None if a.ends_at is None else _sqlite_time(a.ends_at),
+        "generator_url": a.generator_url,
+        "group_key": a.group_key,
+        "ci_id": a.ci_id,
+        "links": [{"href": link.href, "text": link.text} for link in a.links],
+        "details": a.details,
+    } for a in batch]
+    return {"batch": orjson.dumps(rows).decode(), "now": now}
+
+
+def _sqlite_time(at: datetime) -> str:
+    """A time as `UTCDateTime` stores it on SQLite (SQLAlchemy's text form, in UTC), so
+    that the stored text compares and reads back like every other time."""
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use aware UTC datetimes")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 async def resolve_firing(

@@ -1,6 +1,6 @@
-"""The dedup upsert (SQLite: a VALUES row per alert; PostgreSQL: one array per column,
-unnested) stores and updates the same values on both, at any batch size, and on
-PostgreSQL sends one text whatever the size (it is prepared once)."""
+"""The dedup upsert (SQLite: the batch as one JSON array; PostgreSQL: one array per
+column, unnested) stores and updates the same values on both, and sends one text
+whatever the batch's size (prepared once)."""
 
 from __future__ import annotations
 
@@ -70,17 +70,17 @@ async def test_a_naive_time_is_refused(store: Store) -> None:
             await upsert_firing(conn, [naive], NOW)
 
 
-async def test_any_batch_size_is_one_statement_text_on_postgresql(pg_store: Store) -> None:
+async def test_any_batch_size_is_one_statement_text(store: Store) -> None:
     texts: set[str] = set()
 
     def keep(conn: object, cursor: object, statement: str, *args: object) -> None:
         texts.add(statement)
 
-    engine = pg_store.writer_engine.sync_engine
+    engine = store.writer_engine.sync_engine
     sa.event.listen(engine, "before_cursor_execute", keep)
     try:
         for size in (1, 3, 250, 801):
-            async with pg_store.write() as conn:
+            async with store.write() as conn:
                 done = await upsert_firing(
                     conn, [full(f"{size}-{i}") for i in range(size)], NOW)
             assert len(done) == size
