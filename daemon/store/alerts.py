@@ -317,15 +317,40 @@ _EARLIER = (
 )
 
 
+# PostgreSQL: the batch's identities as arrays, joined. Its plan does not depend on
+# statistics: with `fingerprint IN (…)` a table never analysed (a server with autovacuum
+# off) was read by source and time only, every alert of the window filtered (27 ms a
+# batch at 80,000 alerts); a join from the few identities seeks each one.
+_KEYS = sa.func.unnest(sa.bindparam("sources", type_=postgresql.ARRAY(sa.Text())),
+                       sa.bindparam("fingerprints", type_=postgresql.ARRAY(sa.Text()))
+                       ).table_valued("source", "fingerprint").render_derived()
+_PG_EARLIER = (
+    sa.select(alerts.c.source, alerts.c.fingerprint, alerts.c.id, alerts.c.first_seen)
+    .select_from(_KEYS)
+    .join(alerts, sa.and_(alerts.c.source == _KEYS.c.source,
+                          alerts.c.fingerprint == _KEYS.c.fingerprint))
+    .where(alerts.c.first_seen >= sa.bindparam("since", type_=UTCDateTime()),
+           alerts.c.id != sa.all_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger()))))
+    .order_by(alerts.c.id)
+)
+
+
 async def earlier_firings(
     conn: AsyncConnection, new: Sequence[tuple[Alert, int]], *, since: datetime
 ) -> EarlierFirings:
     """One query per batch serves both flapping and reopening."""
     if not new:
         return EarlierFirings({})
-    result = await conn.execute(
-        _EARLIER.where(identities((a.source, a.fingerprint) for a, _ in new)),
-        {"since": since, "ids": padded(i for _, i in new)})
+    ids = [i for _, i in new]
+    if conn.dialect.name == "postgresql":
+        keys = sorted({(a.source, a.fingerprint) for a, _ in new})
+        result = await conn.execute(_PG_EARLIER, {
+            "since": since, "ids": ids, "sources": [k[0] for k in keys],
+            "fingerprints": [k[1] for k in keys]})
+    else:
+        result = await conn.execute(
+            _EARLIER.where(identities((a.source, a.fingerprint) for a, _ in new)),
+            {"since": since, "ids": padded(ids)})
     out: dict[tuple[str, str], list[tuple[int, datetime]]] = {}
     for r in result:
         out.setdefault((r.source, r.fingerprint), []).append((r.id, r.first_seen))
