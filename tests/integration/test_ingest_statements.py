@@ -54,6 +54,12 @@ def estate(n: int) -> list[Any]:
     return [svc("svc", *(a.id for a in apps[:10])), *apps, *dbs, ci("host", type_="host")]
 
 
+async def warmed(store: Store, clock: FakeClock) -> World:
+    world = World(store, clock, *estate(200))
+    await warm(world)
+    return world
+
+
 async def warm(world: World) -> None:
     # 60 firing alerts in a few incidents, some unbound.
     await world.send(*(alert(f"w{i}", f"app-{i}") for i in range(40)))
@@ -75,8 +81,7 @@ def mixed_batch(tag: str, size: int) -> list[Any]:
 async def test_a_batch_costs_statements_per_batch_not_per_alert(
     store: Store, clock: FakeClock
 ) -> None:
-    world = World(store, clock, *estate(200))
-    await warm(world)
+    world = await warmed(store, clock)
     with sent(store) as small:
         await world.send(*mixed_batch("s", 5))
     clock.advance(5)
@@ -116,8 +121,7 @@ async def test_batches_of_different_sizes_reuse_their_statement_texts(
     # A new text is a prepare round trip on PostgreSQL: IN lists are padded to a power
     # of two (daemon/store/in_lists.py), so batches of 17 to 31 alerts, whose lists
     # have 9 to 31 values, share most texts with one of 32 instead of each bringing its own.
-    world = World(store, clock, *estate(200))
-    await warm(world)
+    world = await warmed(store, clock)
     with sent(store) as one:
         await world.send(*mixed_batch("a", 32))
     clock.advance(5)
