@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from daemon.models import Alert, AlertStatus, Link, Severity
 from daemon.store import incidents as incident_store
 from daemon.store.in_lists import padded
-from daemon.store.tables import UTCDateTime, alerts, incident_alerts
+from daemon.store.tables import UTCDateTime, alerts, in_utc, incident_alerts
 
 FIRING = sa.text("status = 'firing'")
 
@@ -144,8 +144,8 @@ def _arrays(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
         "summary": [a.summary for a in batch],
         "labels": [dumps(a.labels).decode() for a in batch],
         "annotations": [dumps(a.annotations).decode() for a in batch],
-        "starts_at": _aware([a.starts_at for a in batch]),
-        "ends_at": _aware([a.ends_at for a in batch]),
+        "starts_at": [in_utc(a.starts_at) for a in batch],
+        "ends_at": [None if a.ends_at is None else in_utc(a.ends_at) for a in batch],
         "generator_url": [a.generator_url for a in batch],
         "group_key": [a.group_key for a in batch],
         "ci_id": [a.ci_id for a in batch],
@@ -154,14 +154,6 @@ def _arrays(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
         "details": [dumps(a.details).decode() for a in batch],
         "now": now,
     }
-
-
-def _aware(times: list[datetime | None]) -> list[datetime | None]:
-    """As `UTCDateTime` does for a single value: PostgreSQL would take a naive time as
-    its session's zone, silently."""
-    if any(t is not None and t.tzinfo is None for t in times):
-        raise ValueError("naive datetime given to the store; use aware UTC datetimes")
-    return times
 
 
 def _json_batch(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
@@ -187,9 +179,7 @@ def _json_batch(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
 def _sqlite_time(at: datetime) -> str:
     """A time as `UTCDateTime` stores it on SQLite (SQLAlchemy's text form, in UTC), so
     that the stored text compares and reads back like every other time."""
-    if at.tzinfo is None:
-        raise ValueError("naive datetime given to the store; use aware UTC datetimes")
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return in_utc(at).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 async def resolve_firing(
