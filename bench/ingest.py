@@ -124,6 +124,8 @@ class Session:
         server_cpu0 = self.server.cpu_seconds()
         pg_cpu0 = servers.postgres_cpu() if self.target == "postgresql" else {}
         recorder = pyspy.Recorder(pid=self.server.pid, out=profile) if profile else None
+        daemon = self.target != "baseline"
+        commits0 = servers.commits(self.server.base_url) if daemon else None
         wall0 = time.perf_counter()
         try:
             result = self.command(commands)
@@ -134,9 +136,14 @@ class Session:
         pg_cpu = (servers.cpu_between(pg_cpu0, servers.postgres_cpu())
                   if self.target == "postgresql" else None)
         memory = self.server.memory()
-        return _run(self, kind, result, concurrency=concurrency, wall=wall,
-                    server_cpu=self.server.cpu_seconds() - server_cpu0, pg_cpu=pg_cpu,
-                    memory=memory, target_rate=target_rate)
+        run = _run(self, kind, result, concurrency=concurrency, wall=wall,
+                   server_cpu=self.server.cpu_seconds() - server_cpu0, pg_cpu=pg_cpu,
+                   memory=memory, target_rate=target_rate)
+        if commits0 is not None:
+            commits1 = servers.commits(self.server.base_url)
+            batches, alerts = (b - a for a, b in zip(commits0, commits1, strict=True))
+            run.alerts_per_commit = alerts / batches if batches else None
+        return run
 
 
 def _run(session: Session, kind: str, result: Result, *, concurrency: int, wall: float,
@@ -251,7 +258,7 @@ def closed_run(session: Session, settings: Settings, concurrency: int) -> Run:
     note(f"  c={concurrency:<3} {run.alerts_s:9.0f} alerts/s {run.req_s:8.0f} req/s  "
          f"p50 {run.p50_ms:6.1f} p99 {run.p99_ms:7.1f} max {run.max_ms:7.1f} ms  "
          f"errors {run.errors}  RSS {run.rss_mb:.0f} MB  cpu srv {run.server_cpu:.2f} "
-         f"cli {run.client_cpu:.2f}")
+         f"cli {run.client_cpu:.2f}  alerts/commit {run.alerts_per_commit or 0:.1f}")
     return run
 
 

@@ -44,6 +44,7 @@ class Run:
     ratio: float | None = None  # alerts/s divided by the baseline's, same scenario and concurrency
     open_alerts: int | None = None  # load: firing alerts in the store afterwards
     profile: str | None = None  # py-spy collapsed stacks of the daemon during this run
+    alerts_per_commit: float | None = None  # daemon: alerts per committed ingest batch
 
 
 @dataclass(slots=True)
@@ -144,14 +145,15 @@ def _closed_table(scenario: str, runs: list[Run], file: TextIO) -> None:
     print(f"\n{scenario}: {SCENARIO_TITLES.get(scenario, scenario)} (closed loop)", file=file)
     print(f"  {'target':<10} {'conc':>4} {'alerts/s':>9} {'req/s':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'max ms':>7} {'errors':>6} {'RSS MB':>7} {'peak':>5} "
-          f"{'cpu srv':>7} {'cli':>5} {'pg':>5} {'/base':>6}", file=file)
+          f"{'cpu srv':>7} {'cli':>5} {'pg':>5} {'/commit':>7} {'/base':>6}", file=file)
     for r in runs:
         pg = f"{r.postgres_cpu:.2f}" if r.postgres_cpu is not None else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        per_commit = f"{r.alerts_per_commit:.1f}" if r.alerts_per_commit is not None else "-"
         print(f"  {r.target:<10} {r.concurrency:>4} {r.alerts_s:>9.0f} {r.req_s:>8.0f} "
               f"{r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {r.max_ms:>7.1f} {r.errors:>6} "
               f"{r.rss_mb:>7.0f} {r.hwm_mb:>5.0f} {r.server_cpu:>7.2f} {r.client_cpu:>5.2f} "
-              f"{pg:>5} {ratio:>6}", file=file)
+              f"{pg:>5} {per_commit:>7} {ratio:>6}", file=file)
 
 
 def _half_rate_table(runs: list[Run], file: TextIO) -> None:

@@ -277,9 +277,23 @@ def count_firing(database_url: str) -> int:
     return asyncio.run(run())
 
 
+def _metric_lines(base_url: str) -> list[str]:
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as resp:
+        return resp.read().decode().splitlines()
+
+
+def _total(lines: list[str], prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+
 def alerts_received(base_url: str) -> float:
     """`incidentd_alerts_received_total`, all series: alert events committed so far."""
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("incidentd_alerts_received_total{"))
+    return _total(_metric_lines(base_url), "incidentd_alerts_received_total{")
+
+
+def commits(base_url: str) -> tuple[float, float]:
+    """Ingest batches committed so far and the alerts in them
+    (`incidentd_ingest_batch_alerts` count and sum)."""
+    lines = _metric_lines(base_url)
+    return (_total(lines, "incidentd_ingest_batch_alerts_count "),
+            _total(lines, "incidentd_ingest_batch_alerts_sum "))
