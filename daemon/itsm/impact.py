@@ -62,7 +62,8 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
     rows, entries, raised = [], [], []
     roots: dict[int, str | None] = {}
     for incident_id, summary in summaries.items():
-        root = root_causes.of(topology, incident_id, summary.firing or summary.cis)
+        root = root_causes.of(topology, incident_id, summary.firing or summary.cis,
+                              shape=summary.shape)
         impacted, services = impact(topology, root)
         stored = before[incident_id]
         previous, severity = stored.root_cause_ci, stored.severity

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from daemon.correlation.topology import Topology
 from daemon.itsm.root_cause import RootCauses, root_cause
-from daemon.models import ConfigurationItem
+from daemon.models import ConfigurationItem, Severity
+from daemon.store.link_memory import LinkSummary
 
 
 @st.composite
@@ -116,3 +117,52 @@ def test_the_kept_order_takes_bounded_memory() -> None:
         assert roots.of(star, 1, alerting) == root_cause(star, alerting)
         counts = roots._counts[1]
         assert len(counts.heap) <= 2 * len(counts.tops) + 64
+
+
+def test_a_shape_seen_before_answers_without_looking_at_the_cis() -> None:
+    """`shape` names the set of CIs: the same shape again is the same answer, taken
+    without a walk or a comparison of the sets; a new shape compares them."""
+    chain = Topology.build(
+        ConfigurationItem(id=f"c{i}", name=f"c{i}", type="app",
+                          depends_on=(f"c{i + 1}",) if i < 9 else ())
+        for i in range(10))
+    topology = CountingTopology(cis=chain.cis, up=chain.up, down=chain.down)
+    roots = RootCauses()
+    summary = LinkSummary()
+    for ci in ("c0", "c5"):
+        summary.add(ci, Severity.WARNING, firing=True)
+    assert roots.of(topology, 1, summary.firing, shape=summary.shape) == "c5"
+    _walks.clear()
+    assert roots.of(topology, 1, {"c0"}, shape=summary.shape) == "c5"  # trusted, not compared
+    assert _walks == []
+    summary.add("c9", Severity.WARNING, firing=True)
+    assert roots.of(topology, 1, summary.firing, shape=summary.shape) == "c9"
+    assert roots.of(topology, 2, summary.firing, shape=summary.shape) == "c9"  # per incident
+
+
+def test_a_summary_changes_shape_exactly_when_its_cis_do() -> None:
+    summary = LinkSummary()
+    shapes = [summary.shape]
+
+    def moved() -> bool:
+        shapes.append(summary.shape)
+        return shapes[-1] != shapes[-2]
+
+    summary.add("a", Severity.WARNING, firing=True)
+    assert moved()
+    summary.add("a", Severity.CRITICAL, firing=True)  # a second alert on a: same CIs
+    assert not moved()
+    summary.add(None, Severity.CRITICAL, firing=True)
+    assert not moved()
+    summary.add("b", Severity.WARNING, firing=False)  # a CI, not a firing one
+    assert moved()
+    summary.add("b", Severity.WARNING, firing=True)  # b fires now
+    assert moved()
+    assert summary.resolve_one("a") and not moved()  # one of a's two alerts left firing
+    assert summary.resolve_one("a") and moved()  # a fires no more
+    assert not summary.resolve_one("a") and not moved()  # nothing was firing on a
+    other = LinkSummary()
+    other.add("c", Severity.WARNING, firing=True)
+    summary.absorb(other)  # a merge
+    assert moved()
+    assert LinkSummary().shape != LinkSummary().shape  # unique over all summaries
