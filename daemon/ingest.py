@@ -247,6 +247,9 @@ async def serialize_correlation(conn: AsyncConnection) -> None:
 
 # Tries at getting a database connection before a batch is refused (PostgreSQL).
 _CONNECT_ATTEMPTS = 3
+# How long the writer waits for the senders of its last batch to come back before it
+# starts the next one without them (see `IngestWriter._gather`).
+GATHER_SECONDS = 0.004
 
 
 @dataclass(slots=True)
@@ -275,6 +278,8 @@ class IngestWriter:
         self._queue: deque[_Pending] = deque()
         self._queued_alerts = 0
         self._wakeup = asyncio.Event()
+        self._gathered = asyncio.Event()  # as many requests queued as `_gather` waits for
+        self._gather_for = 0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -298,6 +303,8 @@ class IngestWriter:
         self._queued_alerts += len(alerts)
         metrics.INGEST_QUEUED.set(self._queued_alerts)
         self._wakeup.set()
+        if len(self._queue) >= self._gather_for:
+            self._gathered.set()
         try:
             # Shielded: a client that hangs up must not cancel a commit others share.
             await asyncio.shield(pending.done)
@@ -324,12 +331,38 @@ class IngestWriter:
             await self._commit_next_batch()
 
     async def _run(self) -> None:
+        senders = 0  # requests answered by the last commit, and those queued behind it
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await self.run_until_idle()
+            while self._queue:
+                await self._gather(senders)
+                senders = await self._commit_next_batch() + len(self._queue)
             if self._closing and not self._queue:
                 return
+
+    async def _gather(self, senders: int) -> None:
+        """Wait briefly for the senders of the last batch, when they were several.
+
+        Concurrent senders come back together: each sends its next request as soon as
+        the last one is answered. Starting a batch with the first to arrive splits them
+        into a batch of one and a batch of the rest, each paying the fixed cost of a
+        batch; and senders that fell into two groups stay so, each group's batch
+        committing while the other waits (measured: 32 senders of one alert each, 16
+        alerts a commit). So when the last commit answered or had queued behind it
+        several requests, wait up to `GATHER_SECONDS` for as many. A lone sender waits
+        for nothing; neither does a queue that already holds that many."""
+        if (senders < 2 or self._closing or len(self._queue) >= senders
+                or self._queued_alerts >= self._max_batch):
+            return
+        self._gather_for = senders
+        self._gathered.clear()
+        try:
+            await asyncio.wait_for(self._gathered.wait(), GATHER_SECONDS)
+        except TimeoutError:
+            pass
+        finally:
+            self._gather_for = 0
 
     def _take_batch(self) -> list[_Pending]:
         taken: list[_Pending] = []
@@ -342,8 +375,11 @@ class IngestWriter:
         metrics.INGEST_QUEUED.set(self._queued_alerts)
         return taken
 
-    async def _commit_next_batch(self) -> None:
-        await self._commit(self._take_batch())
+    async def _commit_next_batch(self) -> int:
+        """Commit the next batch; how many requests it held."""
+        taken = self._take_batch()
+        await self._commit(taken)
+        return len(taken)
 
     async def _commit(self, taken: list[_Pending]) -> None:
         batch = [a for p in taken for a in p.alerts]

@@ -247,3 +247,55 @@ async def test_a_request_that_breaks_its_batch_fails_alone(
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], Exception)
     assert sorted(a.fingerprint for i in await all_incidents(store) for a in i.alerts) == ["a", "b"]
+
+
+def _commits() -> float:
+    from daemon.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("incidentd_ingest_batch_alerts_count") or 0.0
+
+
+async def test_senders_answered_together_are_committed_together(
+    store: Store, clock: FakeClock
+) -> None:
+    """Closed-loop senders come back at slightly different moments; the writer waits
+    briefly for them instead of splitting them over two batches, each with its cost."""
+    import asyncio
+
+    writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=100,
+                          max_batch_alerts=100, retry_after_seconds=1)
+
+    async def sender(n: int) -> None:
+        for round_ in range(6):
+            await writer.submit([alert(f"s{n}-{round_}", group=f"g{n}")])
+            for _ in range(n):  # the network: each back a few turns of the loop later
+                await asyncio.sleep(0)
+
+    writer.start()
+    before = _commits()
+    await asyncio.gather(*(sender(n) for n in range(8)))
+    await writer.stop()
+    # Round one may be split (nothing was known of the senders yet); after that, one
+    # commit a round.
+    assert _commits() - before <= 6 + 1
+    assert sum(len(i.alerts) for i in await all_incidents(store)) == 48
+
+
+async def test_a_lone_sender_is_not_kept_waiting(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import daemon.ingest
+
+    monkeypatch.setattr(daemon.ingest, "GATHER_SECONDS", 600.0)  # a wait would hang the test
+    writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=100,
+                          max_batch_alerts=100, retry_after_seconds=1)
+    writer.start()
+
+    async def alone() -> None:
+        for round_ in range(3):
+            await writer.submit([alert(f"lone-{round_}")])
+
+    await asyncio.wait_for(alone(), timeout=30)
+    await writer.stop()
