@@ -62,8 +62,7 @@ async def refresh(conn: AsyncConnection, topology: Topology, incident_ids: Itera
     rows, entries, raised = [], [], []
     roots: dict[int, str | None] = {}
     for incident_id, summary in summaries.items():
-        root = root_causes.of(topology, incident_id, summary.firing or summary.cis,
-                              shape=summary.shape)
+        root = root_causes.of_links(topology, incident_id, summary)
         impacted, services = impact(topology, root)
         stored = before[incident_id]
         previous, severity = stored.root_cause_ci, stored.severity

@@ -41,16 +41,23 @@ _SHAPES = count()
 
 @dataclass(slots=True)
 class LinkSummary:
-    """What the alerts of one incident add up to, for correlation, root cause and impact."""
+    """What the alerts of one incident add up to, for correlation, root cause and impact.
+
+    Its `alerting` CIs (those still firing, or all its CIs when none fires) are what
+    root cause is worked out from. A consumer that keeps counts over them (`RootCauses`)
+    moves them by `moved_since` instead of comparing thousands of CIs every batch."""
 
     cis: set[str] = field(default_factory=set)  # the CIs of its bound alerts
     # CI → how many of its alerts still fire (CIs with none are left out)
     firing_on: dict[str, int] = field(default_factory=dict)
     worst_rank: int | None = None  # the most severe of all its alerts, bound or not
     # Unique over all summaries, renewed whenever a CI joins or leaves `cis` or `firing`:
-    # equal shapes mean the same CIs, so a root cause worked out from them still holds
-    # (comparing the sets themselves costs ~0.1 ms an incident of thousands of CIs).
+    # equal shapes mean the same CIs.
     shape: int = field(default_factory=lambda: next(_SHAPES))
+    # The CIs that joined or left `alerting` since the shape `settled` (None: not known,
+    # compare whole): `settle` empties it.
+    moved: set[str] = field(default_factory=set)
+    settled: int | None = None
 
     @property
     def firing(self) -> KeysView[str]:
@@ -58,12 +65,33 @@ class LinkSummary:
         return self.firing_on.keys()
 
     @property
+    def alerting(self) -> AbstractSet[str]:
+        """The CIs root cause looks at: the firing ones, or all when none fires (a live
+        view: do not keep it)."""
+        return self.firing_on.keys() or self.cis
+
+    @property
     def worst(self) -> Severity | None:
         return None if self.worst_rank is None else _BY_RANK[self.worst_rank]
 
+    def moved_since(self, shape: int | None) -> AbstractSet[str] | None:
+        """The CIs that may have joined or left `alerting` since `shape` (that of the
+        consumer's last `settle`); None when that is not known."""
+        return self.moved if shape is not None and shape == self.settled else None
+
+    def settle(self) -> None:
+        """The consumer has seen `alerting` as it is now."""
+        self.moved.clear()
+        self.settled = self.shape
+
     def add(self, ci: str | None, severity: Severity, *, firing: bool) -> None:
         if ci is not None:
-            if ci not in self.cis or (firing and ci not in self.firing_on):
+            joins_cis, starts_firing = ci not in self.cis, firing and ci not in self.firing_on
+            if joins_cis or starts_firing:
+                if starts_firing and not self.firing_on:
+                    self._unsettle()  # `alerting` turns from all CIs to the firing ones
+                elif starts_firing or (joins_cis and not self.firing_on):
+                    self.moved.add(ci)
                 self.shape = next(_SHAPES)
             self.cis.add(ci)
             if firing:
@@ -80,6 +108,10 @@ class LinkSummary:
             self.firing_on[ci] = left
         else:
             del self.firing_on[ci]
+            if self.firing_on:
+                self.moved.add(ci)
+            else:
+                self._unsettle()  # none fires now: `alerting` is all its CIs
             self.shape = next(_SHAPES)
         return True
 
@@ -90,7 +122,12 @@ class LinkSummary:
         if other.worst_rank is not None and (self.worst_rank is None
                                              or other.worst_rank < self.worst_rank):
             self.worst_rank = other.worst_rank
+        self._unsettle()  # a merge: rare, compared whole
         self.shape = next(_SHAPES)
+
+    def _unsettle(self) -> None:
+        self.moved.clear()
+        self.settled = None
 
 
 # Severity.rank in SQL, so the worst severity is a MIN over the alerts.

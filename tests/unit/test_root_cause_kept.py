@@ -119,25 +119,63 @@ def test_the_kept_order_takes_bounded_memory() -> None:
         assert len(counts.heap) <= 2 * len(counts.tops) + 64
 
 
-def test_a_shape_seen_before_answers_without_looking_at_the_cis() -> None:
-    """`shape` names the set of CIs: the same shape again is the same answer, taken
-    without a walk or a comparison of the sets; a new shape compares them."""
+def test_a_summary_seen_before_answers_without_looking_at_its_cis() -> None:
+    """Unchanged since last asked: the last answer, no walk. Moved: only the CIs it says
+    moved are walked, not every alerting CI."""
     chain = Topology.build(
         ConfigurationItem(id=f"c{i}", name=f"c{i}", type="app",
-                          depends_on=(f"c{i + 1}",) if i < 9 else ())
-        for i in range(10))
+                          depends_on=(f"c{i + 1}",) if i < 2999 else ())
+        for i in range(3000))
     topology = CountingTopology(cis=chain.cis, up=chain.up, down=chain.down)
     roots = RootCauses()
     summary = LinkSummary()
-    for ci in ("c0", "c5"):
-        summary.add(ci, Severity.WARNING, firing=True)
-    assert roots.of(topology, 1, summary.firing, shape=summary.shape) == "c5"
+    for i in range(0, 3000, 3):
+        summary.add(f"c{i}", Severity.WARNING, firing=True)
+    assert roots.of_links(topology, 1, summary) == "c2997"
     _walks.clear()
-    assert roots.of(topology, 1, {"c0"}, shape=summary.shape) == "c5"  # trusted, not compared
+    assert roots.of_links(topology, 1, summary) == "c2997"
     assert _walks == []
-    summary.add("c9", Severity.WARNING, firing=True)
-    assert roots.of(topology, 1, summary.firing, shape=summary.shape) == "c9"
-    assert roots.of(topology, 2, summary.firing, shape=summary.shape) == "c9"  # per incident
+    summary.add("c2999", Severity.WARNING, firing=True)
+    summary.add("c3", Severity.WARNING, firing=True)  # a second alert on c3: not moved
+    assert roots.of_links(topology, 1, summary) == "c2999"
+    assert _walks == ["c2999"]
+    _walks.clear()
+    assert summary.resolve_one("c0")
+    assert roots.of_links(topology, 1, summary) == "c2999"
+    assert sorted(_walks) == ["c0"]
+
+
+@st.composite
+def summary_steps(draw: st.DrawFn) -> list[tuple[str, str, int]]:
+    """What happens to an incident's links between (and instead of) root-cause asks."""
+    names = [*(f"c{i}" for i in range(16)), "outside-the-cmdb"]
+    kinds = st.sampled_from(["fire", "bind", "resolve", "merge", "ask", "ask"])
+    return draw(st.lists(st.tuples(kinds, st.sampled_from(names), st.integers(1, 2)),
+                         max_size=30))
+
+
+@settings(max_examples=300, deadline=None)
+@given(topology=graphs(), other=graphs(), steps=summary_steps(), depth=st.integers(1, 8))
+def test_counts_moved_by_a_summary_name_the_same_root_as_a_fresh_count(
+        topology: Topology, other: Topology, steps: list[tuple[str, str, int]],
+        depth: int) -> None:
+    roots = RootCauses(depth=depth)
+    summaries = {1: LinkSummary(), 2: LinkSummary()}
+    for n, (kind, ci, incident) in enumerate(steps):
+        summary = summaries[incident]
+        if kind == "fire":
+            summary.add(ci, Severity.WARNING, firing=True)
+        elif kind == "bind":  # an alert that arrived resolved, as read from the database
+            summary.add(ci, Severity.WARNING, firing=False)
+        elif kind == "resolve":
+            summary.resolve_one(ci)
+        elif kind == "merge":
+            summary.absorb(summaries[3 - incident])
+            summaries[3 - incident] = LinkSummary()
+        else:
+            graph = other if n % 7 == 6 else topology  # now and then a CMDB change
+            assert roots.of_links(graph, incident, summary) == root_cause(
+                graph, set(summary.alerting), depth)
 
 
 def test_a_summary_changes_shape_exactly_when_its_cis_do() -> None:
