@@ -248,8 +248,10 @@ async def serialize_correlation(conn: AsyncConnection) -> None:
 # Tries at getting a database connection before a batch is refused (PostgreSQL).
 _CONNECT_ATTEMPTS = 3
 # How long the writer waits for the senders of its last batch to come back before it
-# starts the next one without them (see `IngestWriter._gather`).
+# starts the next one without them, and the pause in arrivals after which it stops
+# waiting at once (see `IngestWriter._gather`).
 GATHER_SECONDS = 0.004
+GATHER_PAUSE_SECONDS = 0.001
 
 
 @dataclass(slots=True)
@@ -278,8 +280,7 @@ class IngestWriter:
         self._queue: deque[_Pending] = deque()
         self._queued_alerts = 0
         self._wakeup = asyncio.Event()
-        self._gathered = asyncio.Event()  # as many requests queued as `_gather` waits for
-        self._gather_for = 0
+        self._arrived = asyncio.Event()  # a request was queued (what `_gather` waits on)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -303,8 +304,7 @@ class IngestWriter:
         self._queued_alerts += len(alerts)
         metrics.INGEST_QUEUED.set(self._queued_alerts)
         self._wakeup.set()
-        if len(self._queue) >= self._gather_for:
-            self._gathered.set()
+        self._arrived.set()
         try:
             # Shielded: a client that hangs up must not cancel a commit others share.
             await asyncio.shield(pending.done)
@@ -350,19 +350,23 @@ class IngestWriter:
         batch; and senders that fell into two groups stay so, each group's batch
         committing while the other waits (measured: 32 senders of one alert each, 16
         alerts a commit). So when the last commit answered or had queued behind it
-        several requests, wait up to `GATHER_SECONDS` for as many. A lone sender waits
-        for nothing; neither does a queue that already holds that many."""
-        if (senders < 2 or self._closing or len(self._queue) >= senders
-                or self._queued_alerts >= self._max_batch):
-            return
-        self._gather_for = senders
-        self._gathered.clear()
-        try:
-            await asyncio.wait_for(self._gathered.wait(), GATHER_SECONDS)
-        except TimeoutError:
-            pass
-        finally:
-            self._gather_for = 0
+        several requests, wait for as many, up to `GATHER_SECONDS`. Senders that are
+        not coming back together (independent ones, arriving at random) are not waited
+        for: a pause of `GATHER_PAUSE_SECONDS` in arrivals ends the wait. A lone sender
+        waits for nothing; neither does a queue that already holds that many."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_SECONDS
+        while (senders > 1 and len(self._queue) < senders and not self._closing
+               and self._queued_alerts < self._max_batch):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(min(left, GATHER_PAUSE_SECONDS)):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
 
     def _take_batch(self) -> list[_Pending]:
         taken: list[_Pending] = []

@@ -288,7 +288,9 @@ async def test_a_lone_sender_is_not_kept_waiting(
 
     import daemon.ingest
 
-    monkeypatch.setattr(daemon.ingest, "GATHER_SECONDS", 600.0)  # a wait would hang the test
+    # A wait would hang the test.
+    monkeypatch.setattr(daemon.ingest, "GATHER_SECONDS", 600.0)
+    monkeypatch.setattr(daemon.ingest, "GATHER_PAUSE_SECONDS", 600.0)
     writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=100,
                           max_batch_alerts=100, retry_after_seconds=1)
     writer.start()
@@ -298,4 +300,28 @@ async def test_a_lone_sender_is_not_kept_waiting(
             await writer.submit([alert(f"lone-{round_}")])
 
     await asyncio.wait_for(alone(), timeout=30)
+    await writer.stop()
+
+
+async def test_senders_that_stop_coming_are_not_waited_for(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight senders, then only one goes on (or independent senders arriving at random):
+    a pause in arrivals ends the wait, however long the writer would wait for all."""
+    import asyncio
+
+    import daemon.ingest
+
+    monkeypatch.setattr(daemon.ingest, "GATHER_SECONDS", 600.0)  # only a pause ends it
+    writer = IngestWriter(store=store, pipeline=make_pipeline(clock), max_queued_alerts=100,
+                          max_batch_alerts=100, retry_after_seconds=1)
+    writer.start()
+    await asyncio.gather(*(writer.submit([alert(f"first-{n}", group=f"g{n}")])
+                           for n in range(8)))
+
+    async def one_goes_on() -> None:
+        for round_ in range(3):
+            await writer.submit([alert(f"on-{round_}")])
+
+    await asyncio.wait_for(one_goes_on(), timeout=30)
     await writer.stop()
