@@ -176,9 +176,16 @@ async def link_alerts(
 async def alerts_seen(conn: AsyncConnection, alert_ids: Collection[int], now: datetime) -> None:
     """Alerts bound to a CI were seen at `now` (again, or resolving): their incidents
     were active then."""
-    if alert_ids:
-        await _seen(conn, sa.select(incident_alerts.c.incident_id).where(
-            incident_alerts.c.alert_id.in_(padded(alert_ids))), now)
+    if not alert_ids:
+        return
+    of_alerts = incident_alerts.c.alert_id.in_(padded(alert_ids))
+    if conn.dialect.name == "postgresql":
+        # The incidents' ids as one array, found first: `id IN (subquery)` on a database
+        # never analysed probed the links of every incident instead (11 ms at 2,000).
+        found = sa.select(sa.func.array_agg(incident_alerts.c.incident_id)).where(of_alerts)
+        await _seen(conn, found.scalar_subquery(), now, as_array=True)
+    else:
+        await _seen(conn, sa.select(incident_alerts.c.incident_id).where(of_alerts), now)
 
 
 async def active_at(conn: AsyncConnection, incident_ids: Collection[int], now: datetime
@@ -188,13 +195,17 @@ async def active_at(conn: AsyncConnection, incident_ids: Collection[int], now: d
         await _seen(conn, padded(incident_ids), now)
 
 
-async def _seen(conn: AsyncConnection, ids: Any, now: datetime) -> None:
-    """`last_alert_at` of the incidents `ids` (a list or a subquery) moves to `now`, only
-    forward: a batch's `now` may trail another writer's."""
+async def _seen(conn: AsyncConnection, ids: Any, now: datetime, *, as_array: bool = False
+                ) -> None:
+    """`last_alert_at` of the incidents `ids` (a list or a subquery; `as_array`: one
+    PostgreSQL array) moves to `now`, only forward: a batch's `now` may trail another
+    writer's."""
     at = sa.bindparam("now", type_=UTCDateTime())
     await conn.execute(
         sa.update(incidents)
-        .where(incidents.c.id.in_(ids),
+        # The cast makes `ANY` take the array the subquery gives, not its rows.
+        .where(incidents.c.id == sa.any_(sa.cast(ids, sa.ARRAY(sa.BigInteger())))
+               if as_array else incidents.c.id.in_(ids),
                sa.or_(incidents.c.last_alert_at.is_(None), incidents.c.last_alert_at < at))
         .values(last_alert_at=at), {"now": now})
 
