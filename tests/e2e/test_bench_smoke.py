@@ -51,6 +51,7 @@ def test_bench_ingest_quick_mode_reports_every_figure_without_errors() -> None:
     for run in runs:
         if run["target"] == "sqlite":
             assert run["ratio"] is not None, run  # baseline of the same run to compare with
+            assert run["alerts_per_commit"] >= 1, run  # read from the daemon's histogram
     assert {r["scenario"] for r in report["half_rate"]} == {"am50", "pd"}
     (rss,) = report["rss"]
     assert rss["open_alerts"] == 200, rss  # every alert of the load answered 2xx is firing
