@@ -583,8 +583,17 @@ async def set_roles(conn: AsyncConnection, incident_ids: Collection[int], *,
               .values(role=role))
     written = 0
     if unsettled:
-        result = await conn.execute(
-            update.where(incident_alerts.c.incident_id.in_(padded(unsettled))))
+        of_unsettled: sa.ColumnElement[bool] = incident_alerts.c.incident_id.in_(
+            padded(unsettled))
+        if conn.dialect.name == "postgresql":
+            # Their alerts' ids as one array first, then sought by key: joined plainly,
+            # a database never analysed hashed every alert (17 ms at 100,000).
+            linked = incident_alerts.alias("linked")
+            ids = sa.select(sa.func.array_agg(linked.c.alert_id)).where(
+                linked.c.incident_id.in_(padded(unsettled))).scalar_subquery()
+            of_unsettled = sa.and_(
+                of_unsettled, alerts.c.id == sa.any_(sa.cast(ids, sa.ARRAY(sa.BigInteger()))))
+        result = await conn.execute(update.where(of_unsettled))
         written += result.rowcount
     if settled_ids:
         result = await conn.execute(
