@@ -23,13 +23,13 @@ from tests.integration.test_correlation_scenarios import alert
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
 
-async def plans_of(store: Store, call: Callable[[AsyncConnection], Awaitable[Any]]
-                   ) -> list[str]:
-    """The query plan of every SELECT `call` sends, as SQLite describes it."""
+async def sent_by(store: Store, call: Callable[[AsyncConnection], Awaitable[Any]], *,
+                  selects_only: bool = False) -> list[tuple[str, Any]]:
+    """The statements `call` sends in a write transaction, with their parameters."""
     sent: list[tuple[str, Any]] = []
 
     def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        if not selects_only or statement.lstrip().upper().startswith("SELECT"):
             sent.append((statement, parameters))
 
     engine = store.writer_engine.sync_engine
@@ -39,9 +39,15 @@ async def plans_of(store: Store, call: Callable[[AsyncConnection], Awaitable[Any
             await call(conn)
     finally:
         sa.event.remove(engine, "before_cursor_execute", keep)
+    return sent
+
+
+async def plans_of(store: Store, call: Callable[[AsyncConnection], Awaitable[Any]]
+                   ) -> list[str]:
+    """The query plan of every SELECT `call` sends, as SQLite describes it."""
     details = []
     async with store.read() as conn:
-        for statement, parameters in sent:
+        for statement, parameters in await sent_by(store, call, selects_only=True):
             rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
             details.extend(str(row[-1]) for row in rows)
     return details
@@ -115,20 +121,8 @@ async def _analysed_never(pg_store: Store) -> None:
 
 async def pg_plans_of(store: Store, call: Callable[[AsyncConnection], Awaitable[Any]]
                       ) -> list[str]:
-    """`EXPLAIN` of every statement `call` sends (PostgreSQL), run in a transaction
-    rolled back."""
-    sent: list[tuple[str, Any]] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        sent.append((statement, parameters))
-
-    engine = store.writer_engine.sync_engine
-    sa.event.listen(engine, "before_cursor_execute", keep)
-    try:
-        async with store.write() as conn:
-            await call(conn)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", keep)
+    """`EXPLAIN` of every statement `call` sends (PostgreSQL)."""
+    sent = await sent_by(store, call)
     async with store.read() as conn:
         return ["\n".join(r[0] for r in await conn.exec_driver_sql(
             "EXPLAIN " + statement, parameters)) for statement, parameters in sent]

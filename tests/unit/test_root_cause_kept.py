@@ -50,14 +50,19 @@ class CountingTopology(Topology):
         return super().upstream(ci_id, depth)
 
 
+def counted_chain(n: int) -> CountingTopology:
+    """c0 → c1 → … → c(n-1), each depending on the next; its upstream walks counted."""
+    chain = Topology.build(
+        ConfigurationItem(id=f"c{i}", name=f"c{i}", type="app",
+                          depends_on=(f"c{i + 1}",) if i < n - 1 else ())
+        for i in range(n))
+    return CountingTopology(cis=chain.cis, up=chain.up, down=chain.down)
+
+
 def test_a_large_incident_moves_by_few_walks() -> None:
     """The point of keeping counts: a CI that starts alerting costs its own walk, not
     one per alerting CI of the incident."""
-    chain = Topology.build(
-        ConfigurationItem(id=f"c{i}", name=f"c{i}", type="app",
-                          depends_on=(f"c{i + 1}",) if i < 2999 else ())
-        for i in range(3000))
-    topology = CountingTopology(cis=chain.cis, up=chain.up, down=chain.down)
+    topology = counted_chain(3000)
     roots = RootCauses()
     alerting = {f"c{i}" for i in range(0, 3000, 3)}
     assert roots.of(topology, 1, alerting) == root_cause(topology, alerting) == "c2997"
@@ -122,11 +127,7 @@ def test_the_kept_order_takes_bounded_memory() -> None:
 def test_a_summary_seen_before_answers_without_looking_at_its_cis() -> None:
     """Unchanged since last asked: the last answer, no walk. Moved: only the CIs it says
     moved are walked, not every alerting CI."""
-    chain = Topology.build(
-        ConfigurationItem(id=f"c{i}", name=f"c{i}", type="app",
-                          depends_on=(f"c{i + 1}",) if i < 2999 else ())
-        for i in range(3000))
-    topology = CountingTopology(cis=chain.cis, up=chain.up, down=chain.down)
+    topology = counted_chain(3000)
     roots = RootCauses()
     summary = LinkSummary()
     for i in range(0, 3000, 3):
