@@ -11,7 +11,9 @@ prepared-statement cache keeps (as Hibernate's `in_clause_parameter_padding` doe
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
 
 T = TypeVar("T")
 
@@ -28,3 +30,14 @@ def padded(values: Iterable[T]) -> list[T]:
     if 2 < n <= _PAD_UP_TO and n & (n - 1):
         out.extend([out[-1]] * ((1 << n.bit_length()) - n))
     return out
+
+
+def in_found(column: sa.ColumnElement[Any], ids: sa.ColumnElement[Any],
+             *where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """PostgreSQL: `column IN (SELECT ids WHERE where)`, written so that the subquery runs
+    once, first, and `column` is then sought by key, whatever the statistics say. As a
+    plain subquery or join, a database never analysed (autovacuum off, or a burst before
+    it ran) may probe every row of `column`'s table instead."""
+    found = sa.select(sa.func.array_agg(ids)).where(*where).scalar_subquery()
+    # The cast makes `ANY` take the one array the subquery gives, not its rows.
+    return column == sa.any_(sa.cast(found, sa.ARRAY(sa.BigInteger())))

@@ -26,7 +26,7 @@ from daemon.models import (
     TimelineEntry,
     TimelineKind,
 )
-from daemon.store.in_lists import padded
+from daemon.store.in_lists import in_found, padded
 from daemon.store.link_memory import LinkMemory
 from daemon.store.tables import (
     UTCDateTime,
@@ -180,32 +180,28 @@ async def alerts_seen(conn: AsyncConnection, alert_ids: Collection[int], now: da
         return
     of_alerts = incident_alerts.c.alert_id.in_(padded(alert_ids))
     if conn.dialect.name == "postgresql":
-        # The incidents' ids as one array, found first: `id IN (subquery)` on a database
-        # never analysed probed the links of every incident instead (11 ms at 2,000).
-        found = sa.select(sa.func.array_agg(incident_alerts.c.incident_id)).where(of_alerts)
-        await _seen(conn, found.scalar_subquery(), now, as_array=True)
+        # As `id IN (subquery)`, a database never analysed probed the links of every
+        # incident (11 ms at 2,000).
+        which = in_found(incidents.c.id, incident_alerts.c.incident_id, of_alerts)
     else:
-        await _seen(conn, sa.select(incident_alerts.c.incident_id).where(of_alerts), now)
+        which = incidents.c.id.in_(sa.select(incident_alerts.c.incident_id).where(of_alerts))
+    await _seen(conn, which, now)
 
 
 async def active_at(conn: AsyncConnection, incident_ids: Collection[int], now: datetime
                     ) -> None:
     """Alerts bound to a CI of these incidents were seen at `now`."""
     if incident_ids:
-        await _seen(conn, padded(incident_ids), now)
+        await _seen(conn, incidents.c.id.in_(padded(incident_ids)), now)
 
 
-async def _seen(conn: AsyncConnection, ids: Any, now: datetime, *, as_array: bool = False
-                ) -> None:
-    """`last_alert_at` of the incidents `ids` (a list or a subquery; `as_array`: one
-    PostgreSQL array) moves to `now`, only forward: a batch's `now` may trail another
-    writer's."""
+async def _seen(conn: AsyncConnection, which: sa.ColumnElement[bool], now: datetime) -> None:
+    """`last_alert_at` of the incidents `which` picks moves to `now`, only forward: a
+    batch's `now` may trail another writer's."""
     at = sa.bindparam("now", type_=UTCDateTime())
     await conn.execute(
         sa.update(incidents)
-        # The cast makes `ANY` take the array the subquery gives, not its rows.
-        .where(incidents.c.id == sa.any_(sa.cast(ids, sa.ARRAY(sa.BigInteger())))
-               if as_array else incidents.c.id.in_(ids),
+        .where(which,
                sa.or_(incidents.c.last_alert_at.is_(None), incidents.c.last_alert_at < at))
         .values(last_alert_at=at), {"now": now})
 
@@ -586,13 +582,11 @@ async def set_roles(conn: AsyncConnection, incident_ids: Collection[int], *,
         of_unsettled: sa.ColumnElement[bool] = incident_alerts.c.incident_id.in_(
             padded(unsettled))
         if conn.dialect.name == "postgresql":
-            # Their alerts' ids as one array first, then sought by key: joined plainly,
-            # a database never analysed hashed every alert (17 ms at 100,000).
+            # Joined plainly, a database never analysed hashed every alert (17 ms at
+            # 100,000): their alerts are sought by key.
             linked = incident_alerts.alias("linked")
-            ids = sa.select(sa.func.array_agg(linked.c.alert_id)).where(
-                linked.c.incident_id.in_(padded(unsettled))).scalar_subquery()
-            of_unsettled = sa.and_(
-                of_unsettled, alerts.c.id == sa.any_(sa.cast(ids, sa.ARRAY(sa.BigInteger()))))
+            of_unsettled = sa.and_(of_unsettled, in_found(
+                alerts.c.id, linked.c.alert_id, linked.c.incident_id.in_(padded(unsettled))))
         result = await conn.execute(update.where(of_unsettled))
         written += result.rowcount
     if settled_ids:
