@@ -109,6 +109,10 @@ class Link:
     href: str
     text: str = ""
 
+    def as_json(self) -> dict[str, str]:
+        """As the store keeps it (a JSON object in a `links` column)."""
+        return {"href": self.href, "text": self.text}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Acknowledgement:

@@ -149,8 +149,7 @@ def _arrays(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
         "generator_url": [a.generator_url for a in batch],
         "group_key": [a.group_key for a in batch],
         "ci_id": [a.ci_id for a in batch],
-        "links": [dumps([{"href": k.href, "text": k.text} for k in a.links]).decode()
-                  for a in batch],
+        "links": [dumps([k.as_json() for k in a.links]).decode() for a in batch],
         "details": [dumps(a.details).decode() for a in batch],
         "now": now,
     }
@@ -170,7 +169,7 @@ def _json_batch(batch: Sequence[Alert], now: datetime) -> dict[str, Any]:
         "generator_url": a.generator_url,
         "group_key": a.group_key,
         "ci_id": a.ci_id,
-        "links": [{"href": link.href, "text": link.text} for link in a.links],
+        "links": [link.as_json() for link in a.links],
         "details": a.details,
     } for a in batch]
     return {"batch": orjson.dumps(rows).decode(), "now": now}

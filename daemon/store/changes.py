@@ -37,7 +37,7 @@ async def insert_change(conn: AsyncConnection, change: ChangeRecord, now: dateti
             "occurred_at": change.occurred_at,
             "received_at": now,
             "details": change.details,
-            "links": [{"href": link.href, "text": link.text} for link in change.links],
+            "links": [link.as_json() for link in change.links],
             "type": change.type,
             "state": change.state,
             "cis": list(change.cis),
